@@ -1,1 +1,338 @@
+//! Speech recognition with whisper.cpp: one [`SpeechModel`] loaded per process and shared by
+//! every job, a fresh whisper state per call, so jobs can run side by side.
 
+mod words;
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use companion_core::{Classify, ErrorKind, Language, Segment};
+use tracing::{debug, info};
+use whisper_rs::{
+    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
+};
+
+pub use words::words_from_tokens;
+
+const SAMPLE_RATE: usize = 16_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpeechError {
+    #[error("cannot load Whisper model {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error("Whisper failed: {0}")]
+    Inference(String),
+    #[error("{0}")]
+    InvalidOption(String),
+}
+
+impl Classify for SpeechError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SpeechError::Load { .. } | SpeechError::Inference(_) => ErrorKind::Model,
+            SpeechError::InvalidOption(_) => ErrorKind::InvalidArgument,
+        }
+    }
+}
+
+fn inference(e: whisper_rs::WhisperError) -> SpeechError {
+    SpeechError::Inference(e.to_string())
+}
+
+/// How a recording is transcribed.
+#[derive(Debug, Clone)]
+pub struct TranscribeOptions {
+    /// 1 decodes greedily; more runs a beam search of that width.
+    pub beam_size: u32,
+    pub threads: u32,
+    /// Languages detection may choose from (ISO 639-1); empty means any.
+    pub languages: Vec<String>,
+    /// Also produce an English translation with Whisper's own translate task.
+    pub translate_to_english: bool,
+}
+
+impl Default for TranscribeOptions {
+    fn default() -> Self {
+        TranscribeOptions {
+            beam_size: 5,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
+            languages: Vec::new(),
+            translate_to_english: false,
+        }
+    }
+}
+
+impl TranscribeOptions {
+    /// Checks the allowlist names languages Whisper knows.
+    pub fn validate(&self) -> Result<(), SpeechError> {
+        if self.beam_size == 0 || self.beam_size > 16 {
+            return Err(SpeechError::InvalidOption(format!(
+                "beam size {} is out of range 1..=16",
+                self.beam_size
+            )));
+        }
+        if self.threads == 0 {
+            return Err(SpeechError::InvalidOption("threads must be at least 1".into()));
+        }
+        for code in &self.languages {
+            if whisper_rs::get_lang_id(code).is_none() {
+                return Err(SpeechError::InvalidOption(format!(
+                    "unknown language code {code:?} in the language allowlist"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What Whisper heard in one channel of audio.
+#[derive(Debug, Clone, Default)]
+pub struct Recognition {
+    pub language: Option<Language>,
+    /// Segments with times relative to the audio given, no speaker.
+    pub segments: Vec<Segment>,
+    /// English translation of the whole channel, when asked for and the speech is not English.
+    pub english: Option<Vec<Segment>>,
+}
+
+/// A loaded Whisper model, shared across jobs.
+pub struct SpeechModel {
+    ctx: WhisperContext,
+    path: PathBuf,
+}
+
+static LOG_HOOKS: Once = Once::new();
+
+impl SpeechModel {
+    /// Loads a GGML Whisper file.
+    pub fn load(path: &Path) -> Result<SpeechModel, SpeechError> {
+        LOG_HOOKS.call_once(whisper_rs::install_logging_hooks);
+        let load_err = |reason: String| SpeechError::Load {
+            path: path.to_owned(),
+            reason,
+        };
+        if !path.is_file() {
+            return Err(load_err("no such file".into()));
+        }
+        let started = std::time::Instant::now();
+        let mut params = WhisperContextParameters::default();
+        params.use_gpu(false);
+        let path_str = path
+            .to_str()
+            .ok_or_else(|| load_err("path is not valid UTF-8".into()))?;
+        let ctx = WhisperContext::new_with_params(path_str, params)
+            .map_err(|e| load_err(format!("{e} (is it a GGML Whisper model?)")))?;
+        info!(
+            model = %path.display(),
+            multilingual = ctx.is_multilingual(),
+            load_ms = started.elapsed().as_millis() as u64,
+            "Whisper model loaded"
+        );
+        Ok(SpeechModel {
+            ctx,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_multilingual(&self) -> bool {
+        self.ctx.is_multilingual()
+    }
+
+    /// Transcribes 16 kHz mono samples. Empty input gives an empty result without calling the
+    /// model: zero samples never reach whisper.cpp.
+    pub fn recognize(
+        &self,
+        samples: &[f32],
+        opts: &TranscribeOptions,
+    ) -> Result<Recognition, SpeechError> {
+        opts.validate()?;
+        if samples.is_empty() {
+            return Ok(Recognition::default());
+        }
+        let mut state = self.ctx.create_state().map_err(inference)?;
+        let language = self.detect_language(&mut state, samples, opts)?;
+        let code = language.as_ref().map(|l| l.code.clone());
+        let segments = self.run(&mut state, samples, opts, code.as_deref(), false)?;
+        let english = match code.as_deref() {
+            Some(code) if opts.translate_to_english && code != "en" && !segments.is_empty() => {
+                Some(self.run(&mut state, samples, opts, Some(code), true)?)
+            }
+            _ => None,
+        };
+        Ok(Recognition {
+            language,
+            segments,
+            english,
+        })
+    }
+
+    /// Spoken language from the first 30 s, restricted to the allowlist. English-only models
+    /// can only hear English.
+    fn detect_language(
+        &self,
+        state: &mut WhisperState,
+        samples: &[f32],
+        opts: &TranscribeOptions,
+    ) -> Result<Option<Language>, SpeechError> {
+        if !self.is_multilingual() {
+            return Ok(Some(Language {
+                code: "en".into(),
+                probability: 1.0,
+            }));
+        }
+        let head = &samples[..samples.len().min(30 * SAMPLE_RATE)];
+        state
+            .pcm_to_mel(head, opts.threads as usize)
+            .map_err(inference)?;
+        let (_, probs) = state
+            .lang_detect(0, opts.threads as usize)
+            .map_err(inference)?;
+        Ok(pick_language(&probs, &opts.languages))
+    }
+
+    fn run(
+        &self,
+        state: &mut WhisperState,
+        samples: &[f32],
+        opts: &TranscribeOptions,
+        language: Option<&str>,
+        translate: bool,
+    ) -> Result<Vec<Segment>, SpeechError> {
+        let strategy = if opts.beam_size <= 1 {
+            SamplingStrategy::Greedy { best_of: 1 }
+        } else {
+            SamplingStrategy::BeamSearch {
+                beam_size: opts.beam_size as i32,
+                patience: -1.0,
+            }
+        };
+        let mut params = FullParams::new(strategy);
+        params.set_n_threads(opts.threads as i32);
+        params.set_language(language);
+        params.set_translate(translate);
+        params.set_token_timestamps(true);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_special(false);
+        params.set_print_timestamps(false);
+        // Whisper's safeguards against loops and invented text: temperature fallback when the
+        // output is too repetitive (entropy) or too unlikely (log-probability), the no-speech
+        // gate, no non-speech tokens, and no carrying text from one window into the next.
+        params.set_temperature(0.0);
+        params.set_temperature_inc(0.2);
+        params.set_entropy_thold(2.4);
+        params.set_logprob_thold(-1.0);
+        params.set_no_speech_thold(0.6);
+        params.set_suppress_nst(true);
+        params.set_suppress_blank(true);
+        params.set_no_context(true);
+
+        state.full(params, samples).map_err(inference)?;
+        let eot = self.ctx.token_eot();
+        let mut segments = Vec::new();
+        for segment in state.as_iter() {
+            let text = segment
+                .to_str_lossy()
+                .map_err(inference)?
+                .trim()
+                .to_string();
+            if text.is_empty() {
+                continue;
+            }
+            let tokens: Vec<words::Token> = (0..segment.n_tokens())
+                .filter_map(|i| segment.get_token(i))
+                .filter(|t| t.token_id() < eot)
+                .filter_map(|t| {
+                    let data = t.token_data();
+                    Some(words::Token {
+                        text: t.to_str_lossy().ok()?.into_owned(),
+                        start_s: data.t0 as f64 / 100.0,
+                        end_s: data.t1 as f64 / 100.0,
+                        probability: data.p,
+                    })
+                })
+                .collect();
+            segments.push(Segment {
+                start_s: segment.start_timestamp() as f64 / 100.0,
+                end_s: segment.end_timestamp() as f64 / 100.0,
+                speaker: None,
+                text,
+                words: words_from_tokens(&tokens),
+            });
+        }
+        debug!(segments = segments.len(), translate, "whisper pass done");
+        Ok(segments)
+    }
+}
+
+/// The most probable language among the allowed ones, with its probability renormalised over
+/// the allowlist (so an allowlist of two gives a probability between the two).
+fn pick_language(probs: &[f32], allowlist: &[String]) -> Option<Language> {
+    let candidates: Vec<(usize, f32)> = probs
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(id, _)| {
+            allowlist.is_empty()
+                || whisper_rs::get_lang_str(*id as i32)
+                    .is_some_and(|code| allowlist.iter().any(|a| a == code))
+        })
+        .collect();
+    let total: f32 = candidates.iter().map(|(_, p)| p).sum();
+    let (id, p) = candidates
+        .into_iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    let code = whisper_rs::get_lang_str(id as i32)?;
+    let probability = if allowlist.is_empty() || total <= 0.0 {
+        p
+    } else {
+        p / total
+    };
+    Some(Language {
+        code: code.to_string(),
+        probability,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probs(pairs: &[(&str, f32)]) -> Vec<f32> {
+        let mut v = vec![0.0; whisper_rs::get_lang_max_id() as usize + 1];
+        for (code, p) in pairs {
+            v[whisper_rs::get_lang_id(code).unwrap() as usize] = *p;
+        }
+        v
+    }
+
+    #[test]
+    fn picks_the_most_probable_language() {
+        let l = pick_language(&probs(&[("en", 0.2), ("es", 0.7)]), &[]).unwrap();
+        assert_eq!(l.code, "es");
+        assert!((l.probability - 0.7).abs() < 1e-6);
+    }
+
+    #[test]
+    fn allowlist_restricts_and_renormalises() {
+        let p = probs(&[("pt", 0.6), ("es", 0.3), ("en", 0.1)]);
+        let l = pick_language(&p, &["en".into(), "es".into()]).unwrap();
+        assert_eq!(l.code, "es");
+        assert!((l.probability - 0.75).abs() < 1e-6);
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let mut o = TranscribeOptions::default();
+        assert!(o.validate().is_ok());
+        o.languages = vec!["xx".into()];
+        assert!(o.validate().is_err());
+        o.languages.clear();
+        o.beam_size = 0;
+        assert!(o.validate().is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! The decode entry points: size check, routing (raw, MS-GSM, symphonia), limits while decoding.
+
+use std::io::Cursor;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::LazyLock;
+
+use symphonia::core::codecs::audio::AudioDecoderOptions;
+use symphonia::core::codecs::registry::CodecRegistry;
+use symphonia::core::errors::Error as SymError;
+use symphonia::core::formats::probe::Hint;
+use symphonia::core::formats::{FormatOptions, TrackType};
+use symphonia::core::io::{MediaSourceStream, MediaSourceStreamOptions};
+use symphonia::core::meta::MetadataOptions;
+use tracing::{debug, warn};
+
+use crate::raw::{RawFormat, decode_raw, looks_like_gsm};
+use crate::{Audio, AudioError, DecodeOptions, riff};
+
+/// Symphonia's codecs plus libopus for Ogg Opus.
+static CODECS: LazyLock<CodecRegistry> = LazyLock::new(|| {
+    let mut registry = CodecRegistry::new();
+    symphonia::default::register_enabled_codecs(&mut registry);
+    registry.register_audio_decoder::<symphonia_adapter_libopus::OpusDecoder>();
+    registry
+});
+
+/// Consecutive undecodable packets after which a stream counts as corrupt rather than damaged.
+const MAX_CONSECUTIVE_ERRORS: usize = 64;
+
+/// Reads and decodes a file. Its size is checked against the limit before it is read.
+pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<Audio, AudioError> {
+    let io_err = |source| AudioError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(io_err(std::io::Error::other("not a regular file")));
+    }
+    check_size(meta.len(), opts)?;
+    let bytes = std::fs::read(path).map_err(io_err)?;
+    let ext = path.extension().and_then(|e| e.to_str());
+    decode_bytes(bytes, ext, opts)
+}
+
+fn check_size(size: u64, opts: &DecodeOptions) -> Result<(), AudioError> {
+    if size > opts.max_bytes {
+        return Err(AudioError::TooLarge {
+            size,
+            limit: opts.max_bytes,
+        });
+    }
+    Ok(())
+}
+
+fn check_duration(duration_s: f64, opts: &DecodeOptions) -> Result<(), AudioError> {
+    if duration_s > opts.max_duration_s {
+        return Err(AudioError::TooLong {
+            duration_s,
+            limit_s: opts.max_duration_s,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes a whole recording held in memory. `extension` (without the dot) helps the probe and
+/// marks Asterisk's headerless formats (`.gsm`, `.ulaw`, `.alaw`, `.sln`).
+pub fn decode_bytes(
+    bytes: Vec<u8>,
+    extension: Option<&str>,
+    opts: &DecodeOptions,
+) -> Result<Audio, AudioError> {
+    check_size(bytes.len() as u64, opts)?;
+    if bytes.is_empty() {
+        return Err(AudioError::Empty);
+    }
+    let raw = opts
+        .raw_format
+        .or_else(|| extension.and_then(RawFormat::from_extension))
+        .or_else(|| looks_like_gsm(&bytes).then_some(RawFormat::Gsm));
+    // A known container wins over an extension that merely suggests a raw format.
+    let raw = raw.filter(|_| opts.raw_format.is_some() || !has_container_magic(&bytes));
+    let audio = if let Some(format) = raw {
+        check_duration(bytes.len() as f64 / format.bytes_per_second(), opts)?;
+        decode_raw(&bytes, format)?
+    } else if let Some(audio) = riff::decode_gsm_wave(&bytes)? {
+        check_duration(audio.duration_s(), opts)?;
+        audio
+    } else {
+        // Symphonia is written to reject bad streams with errors, but a decoder bug must not take
+        // the process down: a panic on malformed input becomes a corrupt-audio error.
+        let ext = extension.map(str::to_owned);
+        let opts = opts.clone();
+        catch_unwind(AssertUnwindSafe(move || {
+            decode_with_symphonia(bytes, ext.as_deref(), &opts)
+        }))
+        .unwrap_or_else(|_| Err(AudioError::Corrupt("the decoder failed on this stream".into())))?
+    };
+    validate(&audio)?;
+    debug!(
+        format = %audio.format,
+        rate = audio.sample_rate,
+        channels = audio.channels.len(),
+        duration_s = audio.duration_s(),
+        "decoded"
+    );
+    Ok(audio)
+}
+
+fn has_container_magic(bytes: &[u8]) -> bool {
+    const MAGICS: [&[u8]; 5] = [b"RIFF", b"OggS", b"fLaC", b"ID3", b"FORM"];
+    MAGICS.iter().any(|m| bytes.starts_with(m)) || bytes.get(4..8) == Some(b"ftyp")
+}
+
+fn validate(audio: &Audio) -> Result<(), AudioError> {
+    if audio.sample_rate == 0 {
+        return Err(AudioError::Corrupt("sample rate is 0".into()));
+    }
+    if audio.channels.is_empty() || audio.frames() == 0 {
+        return Err(AudioError::Empty);
+    }
+    // Some damaged streams decode to NaN or infinities; they must not reach a model.
+    for channel in &audio.channels {
+        if channel.iter().any(|s| !s.is_finite()) {
+            return Err(AudioError::Corrupt("decoded samples are not finite".into()));
+        }
+    }
+    Ok(())
+}
+
+fn decode_with_symphonia(
+    bytes: Vec<u8>,
+    extension: Option<&str>,
+    opts: &DecodeOptions,
+) -> Result<Audio, AudioError> {
+    let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), MediaSourceStreamOptions::default());
+    let mut hint = Hint::new();
+    if let Some(ext) = extension {
+        hint.with_extension(ext);
+    }
+    let mut format = symphonia::default::get_probe()
+        .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
+        .map_err(|e| match e {
+            SymError::Unsupported(_) => {
+                AudioError::Unsupported("not a recognised audio container".into())
+            }
+            SymError::IoError(_) => AudioError::Corrupt("the file ends inside its header".into()),
+            other => AudioError::Corrupt(other.to_string()),
+        })?;
+    let container = format.format_info().short_name;
+    let track = format
+        .default_track(TrackType::Audio)
+        .ok_or_else(|| AudioError::Unsupported(format!("{container} file has no audio track")))?;
+    let track_id = track.id;
+    let params = track
+        .codec_params
+        .as_ref()
+        .and_then(|p| p.audio())
+        .ok_or_else(|| AudioError::Unsupported(format!("{container} track is not audio")))?
+        .clone();
+    match params.sample_rate {
+        Some(0) => return Err(AudioError::Corrupt("sample rate is 0".into())),
+        Some(rate) => {
+            if let Some(frames) = track.num_frames {
+                check_duration(frames as f64 / f64::from(rate), opts)?;
+            }
+        }
+        None => {}
+    }
+    if params.channels.as_ref().is_some_and(|c| c.count() == 0) {
+        return Err(AudioError::Corrupt("channel count is 0".into()));
+    }
+    let mut decoder = CODECS
+        .make_audio_decoder(&params, &AudioDecoderOptions::default())
+        .map_err(|e| AudioError::Unsupported(format!("{container} codec: {e}")))?;
+    let codec = decoder.codec_info().short_name;
+
+    let mut channels: Vec<Vec<f32>> = Vec::new();
+    let mut scratch: Vec<Vec<f32>> = Vec::new();
+    let mut sample_rate = params.sample_rate.unwrap_or(0);
+    let mut consecutive_errors = 0usize;
+    let mut last_error: Option<String> = None;
+    loop {
+        let packet = match format.next_packet() {
+            Ok(Some(packet)) => packet,
+            Ok(None) => break,
+            // A truncated file ends where its data ends: keep what decoded.
+            Err(SymError::IoError(e)) => {
+                debug!(error = %e, "stream ended early");
+                break;
+            }
+            Err(SymError::ResetRequired) => break,
+            Err(e) => {
+                consecutive_errors += 1;
+                last_error = Some(e.to_string());
+                if consecutive_errors > MAX_CONSECUTIVE_ERRORS {
+                    break;
+                }
+                continue;
+            }
+        };
+        if packet.track_id != track_id {
+            continue;
+        }
+        match decoder.decode(&packet) {
+            Ok(buf) => {
+                consecutive_errors = 0;
+                let spec = buf.spec();
+                let (rate, count) = (spec.rate(), spec.channels().count());
+                if rate == 0 || count == 0 {
+                    return Err(AudioError::Corrupt("stream reports 0 Hz or 0 channels".into()));
+                }
+                if sample_rate == 0 {
+                    sample_rate = rate;
+                }
+                if channels.is_empty() {
+                    channels = vec![Vec::new(); count];
+                }
+                if rate != sample_rate || count != channels.len() {
+                    return Err(AudioError::Unsupported(
+                        "sample rate or channel count changes mid-stream".into(),
+                    ));
+                }
+                buf.copy_to_vecs_planar(&mut scratch);
+                for (dst, src) in channels.iter_mut().zip(&scratch) {
+                    dst.extend_from_slice(src);
+                }
+                let frames = channels[0].len();
+                check_duration(frames as f64 / f64::from(sample_rate), opts)?;
+            }
+            Err(SymError::IoError(_)) => break,
+            Err(e) => {
+                consecutive_errors += 1;
+                last_error = Some(e.to_string());
+                if consecutive_errors > MAX_CONSECUTIVE_ERRORS {
+                    break;
+                }
+            }
+        }
+    }
+    if channels.first().is_none_or(Vec::is_empty) {
+        return Err(match last_error {
+            Some(e) => AudioError::Corrupt(format!("{container}/{codec}: {e}")),
+            None => AudioError::Empty,
+        });
+    }
+    if let Some(e) = last_error {
+        warn!(error = %e, "some packets could not be decoded and were skipped");
+    }
+    Ok(Audio {
+        sample_rate,
+        channels,
+        format: format!("{container}/{codec}"),
+    })
+}
