@@ -28,8 +28,8 @@ static CODECS: LazyLock<CodecRegistry> = LazyLock::new(|| {
 /// Consecutive undecodable packets after which a stream counts as corrupt rather than damaged.
 const MAX_CONSECUTIVE_ERRORS: usize = 64;
 
-/// Reads and decodes a file. Its size is checked against the limit before it is read.
-pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<Audio, AudioError> {
+/// Reads a file, refusing it before reading when it is over the size limit.
+pub fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, AudioError> {
     let io_err = |source| AudioError::Io {
         path: path.display().to_string(),
         source,
@@ -38,17 +38,15 @@ pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<Audio, AudioErro
     if !meta.is_file() {
         return Err(io_err(std::io::Error::other("not a regular file")));
     }
-    check_size(meta.len(), opts)?;
-    let bytes = std::fs::read(path).map_err(io_err)?;
-    let ext = path.extension().and_then(|e| e.to_str());
-    decode_bytes(bytes, ext, opts)
+    check_size(meta.len(), max_bytes)?;
+    std::fs::read(path).map_err(io_err)
 }
 
-fn check_size(size: u64, opts: &DecodeOptions) -> Result<(), AudioError> {
-    if size > opts.max_bytes {
+fn check_size(size: u64, max_bytes: u64) -> Result<(), AudioError> {
+    if size > max_bytes {
         return Err(AudioError::TooLarge {
             size,
-            limit: opts.max_bytes,
+            limit: max_bytes,
         });
     }
     Ok(())
@@ -71,7 +69,7 @@ pub fn decode_bytes(
     extension: Option<&str>,
     opts: &DecodeOptions,
 ) -> Result<Audio, AudioError> {
-    check_size(bytes.len() as u64, opts)?;
+    check_size(bytes.len() as u64, opts.max_bytes)?;
     if bytes.is_empty() {
         return Err(AudioError::Empty);
     }

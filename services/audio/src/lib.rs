@@ -1,7 +1,7 @@
 //! Audio intake for companion: decode every format a PBX writes, resample to the 16 kHz mono
 //! Whisper wants, and find the stretches that hold speech.
 //!
-//! * [`decode_file`] / [`decode_bytes`]: WAV (PCM, float, µ-law, A-law, MS-GSM), MP3, AAC/M4A,
+//! * [`read_file`] + [`decode_bytes`]: WAV (PCM, float, µ-law, A-law, MS-GSM), MP3, AAC/M4A,
 //!   FLAC, Ogg Vorbis, Ogg Opus, raw `.gsm`, and headerless G.711 / slin given a [`RawFormat`].
 //! * [`to_16k`]: resamples each channel, and mixes down or keeps channels apart.
 //! * [`vad::detect_speech`]: voice activity detection, so silence and line noise reach no model.
@@ -15,7 +15,7 @@ pub mod vad;
 
 use companion_core::{Classify, ErrorKind};
 
-pub use decode::{decode_bytes, decode_file};
+pub use decode::{decode_bytes, read_file};
 pub use raw::RawFormat;
 pub use resample::{TARGET_RATE, to_16k};
 

@@ -1,1 +1,76 @@
-fn main() {}
+//! `companion`: voicemail and call recordings to transcripts, locally.
+
+mod eval;
+mod models_cmd;
+mod output;
+mod process;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "companion", version, about = "Voicemail and call recordings to transcripts, locally")]
+struct Cli {
+    /// Model cache directory.
+    #[arg(long, global = true, env = "COMPANION_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "COMPANION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decode, find speech, transcribe and identify the spoken language of each file.
+    Transcribe(process::ProcessArgs),
+    /// Run the whole pipeline on each file and store the results.
+    Process(process::ProcessArgs),
+    /// Fetch, list, verify and convert models.
+    #[command(subcommand)]
+    Models(models_cmd::ModelsCommand),
+    /// Transcribe a labelled speech set (MANIFEST.tsv) and report word error rates.
+    Eval(eval::EvalArgs),
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("COMPANION_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("warn,whisper_rs=off"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let models_dir = cli
+        .models_dir
+        .unwrap_or_else(companion_models::ModelCache::default_dir);
+    let outcome = match cli.command {
+        Command::Transcribe(args) | Command::Process(args) => process::run(args, &models_dir),
+        Command::Models(cmd) => models_cmd::run(cmd, &models_dir).map(|()| ExitCode::SUCCESS),
+        Command::Eval(args) => eval::run(args, &models_dir),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("companion: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

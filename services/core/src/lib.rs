@@ -1,6 +1,8 @@
 //! Domain types shared by every companion crate: recordings, transcripts, results and the
 //! error kinds users see. This crate does no I/O.
 
+pub mod metrics;
+
 use std::collections::BTreeMap;
 use std::fmt;
 

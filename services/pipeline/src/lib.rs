@@ -1,1 +1,337 @@
+//! The recording pipeline: bytes in, [`RecordingResult`] out. Decode ▸ resample ▸ VAD ▸ Whisper
+//! per channel ▸ speakers merged by time. Synchronous and CPU-bound: callers run it on a
+//! blocking thread. The model is shared; everything else is per call.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use companion_audio::vad::{SpeechAudio, VadOptions, detect_speech};
+use companion_audio::{AudioError, ChannelMode, DecodeOptions, decode_bytes, to_16k};
+use companion_core::{
+    Classify, ErrorKind, Language, RecordingKind, RecordingResult, Segment, Transcript,
+    Translation, join_text,
+};
+use companion_speech::{Recognition, SpeechError, SpeechModel, TranscribeOptions};
+use sha2::{Digest, Sha256};
+use tracing::{info, info_span};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Audio(#[from] AudioError),
+    #[error(transparent)]
+    Speech(#[from] SpeechError),
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl Classify for PipelineError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PipelineError::Audio(e) => e.kind(),
+            PipelineError::Speech(e) => e.kind(),
+            PipelineError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+        }
+    }
+}
+
+/// Everything that shapes how recordings are processed.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub decode: DecodeOptions,
+    pub vad: VadOptions,
+    pub transcribe: TranscribeOptions,
+    /// Labels of the channels of a call recording, in channel order.
+    pub speakers: Vec<String>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            decode: DecodeOptions::default(),
+            vad: VadOptions::default(),
+            transcribe: TranscribeOptions::default(),
+            speakers: vec!["left".into(), "right".into()],
+        }
+    }
+}
+
+/// One recording to process.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// Name shown in results (the path as given).
+    pub file: String,
+    /// File extension without the dot, if any: helps the container probe.
+    pub extension: Option<String>,
+    pub bytes: Vec<u8>,
+    /// Voicemail or call; `None` lets the channel count decide (stereo = call).
+    pub kind: Option<RecordingKind>,
+}
+
+/// A processed recording with what the store needs to know about its source.
+#[derive(Debug, Clone)]
+pub struct Processed {
+    pub result: RecordingResult,
+    pub kind: RecordingKind,
+    pub sha256: String,
+    pub size_bytes: u64,
+}
+
+/// The stable id of a recording processed from a file: derived from its content, so the same
+/// audio is the same recording however it is named.
+pub fn recording_id_for(sha256_hex: &str) -> String {
+    format!("rec_{}", &sha256_hex[..24])
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub struct Pipeline {
+    speech: Arc<SpeechModel>,
+    config: PipelineConfig,
+}
+
+/// Measures stages into `timings_ms`.
+struct Timer {
+    timings: BTreeMap<String, u64>,
+}
+
+impl Timer {
+    fn time<T>(&mut self, stage: &str, f: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let _span = info_span!("stage", stage).entered();
+        let out = f();
+        *self.timings.entry(stage.to_string()).or_default() += started.elapsed().as_millis() as u64;
+        out
+    }
+}
+
+impl Pipeline {
+    pub fn new(speech: Arc<SpeechModel>, config: PipelineConfig) -> Result<Pipeline, PipelineError> {
+        config.transcribe.validate()?;
+        if config.speakers.iter().any(|s| s.trim().is_empty()) {
+            return Err(PipelineError::InvalidArgument("speaker labels must not be empty".into()));
+        }
+        Ok(Pipeline { speech, config })
+    }
+
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    /// Runs every stage on one recording.
+    pub fn process(&self, input: Input) -> Result<Processed, PipelineError> {
+        let started = Instant::now();
+        let mut timer = Timer {
+            timings: BTreeMap::new(),
+        };
+        let size_bytes = input.bytes.len() as u64;
+        let sha256 = sha256_hex(&input.bytes);
+        let recording_id = recording_id_for(&sha256);
+        let _span = info_span!("recording", id = %recording_id, file = %input.file).entered();
+
+        let audio = timer.time("decode", || {
+            decode_bytes(input.bytes, input.extension.as_deref(), &self.config.decode)
+        })?;
+        let duration_s = audio.duration_s();
+        let stereo = audio.channels.len() >= 2;
+        let kind = input.kind.unwrap_or(if stereo {
+            RecordingKind::Call
+        } else {
+            RecordingKind::Voicemail
+        });
+        let mode = if kind == RecordingKind::Call && stereo {
+            ChannelMode::Separate
+        } else {
+            ChannelMode::Mix
+        };
+        let channels = timer.time("resample", || to_16k(audio, mode))?;
+        let speech: Vec<SpeechAudio> = timer.time("vad", || {
+            channels
+                .iter()
+                .map(|samples| {
+                    SpeechAudio::gather(samples, &detect_speech(samples, &self.config.vad))
+                })
+                .collect()
+        });
+        drop(channels);
+
+        let recognitions = timer.time("asr", || {
+            speech
+                .iter()
+                .map(|s| self.speech.recognize(&s.samples, &self.config.transcribe))
+                .collect::<Result<Vec<Recognition>, SpeechError>>()
+        })?;
+
+        let labels: Vec<Option<String>> = if mode == ChannelMode::Separate {
+            (0..speech.len())
+                .map(|i| {
+                    Some(
+                        self.config
+                            .speakers
+                            .get(i)
+                            .cloned()
+                            .unwrap_or_else(|| format!("channel{}", i + 1)),
+                    )
+                })
+                .collect()
+        } else {
+            vec![None]
+        };
+        let mut segments = Vec::new();
+        let mut english = Vec::new();
+        for ((recognition, map), label) in recognitions.iter().zip(&speech).zip(&labels) {
+            segments.extend(to_timeline(&recognition.segments, map, label));
+            if let Some(en) = &recognition.english {
+                english.extend(to_timeline(en, map, label));
+            }
+        }
+        let transcript = Transcript::from_segments(segments);
+        let speech_found = !transcript.segments.is_empty();
+        let language = if speech_found {
+            dominant_language(&recognitions)
+        } else {
+            None
+        };
+        let translation = self.translation(&language, english, &transcript);
+
+        timer
+            .timings
+            .insert("total".into(), started.elapsed().as_millis() as u64);
+        info!(
+            duration_s,
+            speech = speech_found,
+            language = language.as_ref().map(|l| l.code.as_str()),
+            total_ms = timer.timings["total"],
+            "recording processed"
+        );
+        Ok(Processed {
+            result: RecordingResult {
+                file: input.file,
+                recording_id,
+                duration_s,
+                speech: speech_found,
+                language,
+                transcript,
+                translation,
+                summary: None,
+                tasks: Vec::new(),
+                priority: None,
+                timings_ms: timer.timings,
+            },
+            kind,
+            sha256,
+            size_bytes,
+        })
+    }
+
+    /// The English translation when it was asked for: Whisper's translate output, or the
+    /// transcript itself when the speech already is English.
+    fn translation(
+        &self,
+        language: &Option<Language>,
+        english: Vec<Segment>,
+        transcript: &Transcript,
+    ) -> Option<Translation> {
+        if !self.config.transcribe.translate_to_english || transcript.segments.is_empty() {
+            return None;
+        }
+        let text = if language.as_ref().is_some_and(|l| l.code == "en") {
+            transcript.text.clone()
+        } else {
+            Transcript::from_segments(english).text
+        };
+        Some(Translation {
+            language: "en".into(),
+            text,
+        })
+    }
+}
+
+/// Moves segments from the VAD-joined timeline to the recording's, labelling the speaker.
+fn to_timeline(segments: &[Segment], map: &SpeechAudio, speaker: &Option<String>) -> Vec<Segment> {
+    segments
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            s.start_s = round_ms(map.to_original_s(s.start_s));
+            s.end_s = round_ms(map.to_original_s(s.end_s));
+            for w in &mut s.words {
+                w.start_s = round_ms(map.to_original_s(w.start_s));
+                w.end_s = round_ms(map.to_original_s(w.end_s));
+            }
+            s.speaker = speaker.clone();
+            s
+        })
+        .collect()
+}
+
+fn round_ms(t: f64) -> f64 {
+    (t * 1000.0).round() / 1000.0
+}
+
+/// The language of the channel with the most recognised text (mono: its only channel).
+fn dominant_language(recognitions: &[Recognition]) -> Option<Language> {
+    recognitions
+        .iter()
+        .filter(|r| !r.segments.is_empty())
+        .max_by_key(|r| join_text(r.segments.iter().map(|s| s.text.as_str())).len())
+        .and_then(|r| r.language.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use companion_audio::vad::SpeechRegion;
+
+    #[test]
+    fn recording_ids_come_from_content() {
+        let a = recording_id_for(&sha256_hex(b"audio"));
+        assert_eq!(a, recording_id_for(&sha256_hex(b"audio")));
+        assert_ne!(a, recording_id_for(&sha256_hex(b"other")));
+        assert!(a.starts_with("rec_") && a.len() == 28);
+    }
+
+    #[test]
+    fn segments_move_to_the_recording_timeline_with_speaker() {
+        let samples = vec![0.0; 16000 * 10];
+        let map = SpeechAudio::gather(&samples, &[SpeechRegion { start: 48000, end: 64000 }]);
+        let seg = Segment {
+            start_s: 0.25,
+            end_s: 0.75,
+            speaker: None,
+            text: "hi".into(),
+            words: vec![],
+        };
+        let out = to_timeline(&[seg], &map, &Some("agent".into()));
+        assert_eq!(out[0].start_s, 3.25);
+        assert_eq!(out[0].end_s, 3.75);
+        assert_eq!(out[0].speaker.as_deref(), Some("agent"));
+    }
+
+    #[test]
+    fn the_talkative_channel_decides_the_language() {
+        let rec = |code: &str, text: &str| Recognition {
+            language: Some(Language {
+                code: code.into(),
+                probability: 0.9,
+            }),
+            segments: vec![Segment {
+                start_s: 0.0,
+                end_s: 1.0,
+                speaker: None,
+                text: text.into(),
+                words: vec![],
+            }],
+            english: None,
+        };
+        let langs = [rec("en", "ok"), rec("es", "hola, quisiera hablar con alguien")];
+        assert_eq!(dominant_language(&langs).unwrap().code, "es");
+        assert_eq!(dominant_language(&[]), None);
+    }
+}

@@ -1,0 +1,154 @@
+//! `companion eval`: transcribe a labelled speech set and report word error rate per clip.
+//! The set is a MANIFEST.tsv with columns `file`, `language` and
+//! `reference_transcript_or_summary` (paths relative to the manifest).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use companion_core::metrics::{ErrorCount, char_errors, word_errors};
+use companion_pipeline::Input;
+
+use crate::process::PipelineArgs;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The labelled set's manifest.
+    #[arg(long, env = "COMPANION_EVAL_MANIFEST", default_value = "../shared/eval/MANIFEST.tsv")]
+    manifest: PathBuf,
+    /// Only clips whose path starts with this prefix (e.g. `speech/`).
+    #[arg(long, default_value = "speech/")]
+    prefix: String,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+}
+
+/// A clip with a single language and a full reference transcript.
+#[derive(Debug, PartialEq)]
+struct Clip {
+    file: String,
+    language: String,
+    reference: String,
+}
+
+fn parse_manifest(text: &str, prefix: &str) -> Result<Vec<Clip>> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().context("empty manifest")?.split('\t').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .with_context(|| format!("manifest has no {name:?} column"))
+    };
+    let (file, lang, reference, notes) = (
+        col("file")?,
+        col("language")?,
+        col("reference_transcript_or_summary")?,
+        col("notes").ok(),
+    );
+    Ok(lines
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .filter(|f| f.len() > reference)
+        .filter(|f| f[file].starts_with(prefix))
+        // One language, a whole reference (not a partial one, not speaker-tagged).
+        .filter(|f| f[lang].len() == 2 && !f[reference].trim().is_empty())
+        .filter(|f| !f[reference].contains('[') && !f[reference].contains(" | "))
+        .filter(|f| notes.and_then(|n| f.get(n)).is_none_or(|n| !n.contains("partial")))
+        .map(|f| Clip {
+            file: f[file].to_string(),
+            language: f[lang].to_string(),
+            reference: f[reference].trim_matches('"').to_string(),
+        })
+        .collect())
+}
+
+pub fn run(args: EvalArgs, models_dir: &Path) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.manifest)
+        .with_context(|| format!("cannot read {}", args.manifest.display()))?;
+    let clips = parse_manifest(&text, &args.prefix)?;
+    if clips.is_empty() {
+        bail!("no clips with a reference transcript under {:?}", args.prefix);
+    }
+    let root = args.manifest.parent().unwrap_or(Path::new("."));
+    let pipeline = args.pipeline.pipeline(models_dir)?;
+    println!("clip\tlang\tdetected\tWER\terrors/words\tasr_ms\thypothesis");
+    let (mut total, mut lang_ok, mut failed) = (ErrorCount::default(), 0usize, 0usize);
+    for clip in &clips {
+        let path = root.join(&clip.file);
+        let processed = companion_audio::read_file(&path, pipeline.config().decode.max_bytes)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| {
+                Ok(pipeline.process(Input {
+                    file: clip.file.clone(),
+                    extension: path.extension().and_then(|e| e.to_str()).map(str::to_owned),
+                    bytes,
+                    kind: None,
+                })?)
+            });
+        let processed = match processed {
+            Ok(p) => p,
+            Err(e) => {
+                failed += 1;
+                println!("{}\t{}\t-\t-\t-\t-\terror: {e:#}", clip.file, clip.language);
+                continue;
+            }
+        };
+        let r = &processed.result;
+        let detected = r.language.as_ref().map_or("-", |l| l.code.as_str());
+        lang_ok += usize::from(detected == clip.language);
+        let count = if matches!(clip.language.as_str(), "zh" | "ja") {
+            char_errors(&clip.reference, &r.transcript.text)
+        } else {
+            word_errors(&clip.reference, &r.transcript.text)
+        };
+        total = total.add(count);
+        println!(
+            "{}\t{}\t{}\t{:.1}%\t{}/{}\t{}\t{}",
+            clip.file,
+            clip.language,
+            detected,
+            count.rate() * 100.0,
+            count.errors,
+            count.reference_len,
+            r.timings_ms.get("asr").copied().unwrap_or(0),
+            r.transcript.text
+        );
+    }
+    println!(
+        "TOTAL\t{} clips\tlanguage {}/{}\tWER {:.1}% ({}/{})\tfailed {}",
+        clips.len(),
+        lang_ok,
+        clips.len(),
+        total.rate() * 100.0,
+        total.errors,
+        total.reference_len,
+        failed
+    );
+    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_single_language_clips_with_full_references() {
+        let tsv = "file\tsource\tlanguage\treference_transcript_or_summary\tnotes\n\
+                   speech/a.wav\tx\ten\tHello there.\t\n\
+                   speech/b.wav\tx\ten+de\t[en] hi\t\n\
+                   speech/c.wav\tx\tnone\t\tno speech\n\
+                   speech/d.wav\tx\ten\tComfy\tpartial ref only\n\
+                   pbx/e.gsm\tx\ten\tGoodbye\t\n";
+        let clips = parse_manifest(tsv, "speech/").unwrap();
+        assert_eq!(
+            clips,
+            vec![Clip {
+                file: "speech/a.wav".into(),
+                language: "en".into(),
+                reference: "Hello there.".into()
+            }]
+        );
+        assert_eq!(parse_manifest(tsv, "pbx/").unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,109 @@
+//! Every audio format a PBX writes, decoded and transcribed end to end with the real model.
+
+mod support;
+
+use support::*;
+
+#[test]
+fn every_container_and_codec_is_transcribed() {
+    let wav = speech_wav(&EN);
+    let files = vec![
+        wav.clone(),
+        sox(&wav, "ulaw_8k.wav", &["-r", "8000", "-c", "1", "-e", "u-law"]),
+        sox(&wav, "alaw_8k.wav", &["-r", "8000", "-c", "1", "-e", "a-law"]),
+        sox(&wav, "asterisk.gsm", &["-r", "8000", "-c", "1"]),
+        sox(&wav, "wav49.wav", &["-r", "8000", "-c", "1", "-e", "gsm-full-rate"]),
+        sox(&wav, "pcm_u8.wav", &["-r", "8000", "-b", "8", "-e", "unsigned-integer"]),
+        sox(&wav, "pcm_s24.wav", &["-b", "24"]),
+        sox(&wav, "pcm_s32.wav", &["-b", "32", "-e", "signed-integer"]),
+        sox(&wav, "float32.wav", &["-b", "32", "-e", "floating-point"]),
+        sox(&wav, "speech.flac", &[]),
+        ffmpeg(&wav, "speech.mp3", &["-c:a", "libmp3lame", "-b:a", "32k"]),
+        ffmpeg(&wav, "speech.m4a", &["-c:a", "aac", "-b:a", "48k"]),
+        ffmpeg(&wav, "vorbis.ogg", &["-c:a", "libvorbis", "-q:a", "3"]),
+        ffmpeg(&wav, "speech.opus", &["-ar", "48000", "-c:a", "libopus", "-b:a", "24k"]),
+        // Asterisk's headerless formats, recognised by extension.
+        sox(&wav, "asterisk.ulaw", &["-t", "raw", "-r", "8000", "-c", "1", "-e", "u-law"]),
+        sox(&wav, "asterisk.alaw", &["-t", "raw", "-r", "8000", "-c", "1", "-e", "a-law"]),
+        sox(&wav, "asterisk.sln16", &["-t", "raw", "-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer"]),
+    ];
+    let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+    let (lines, out) = process(&paths, &["--beam-size", "1"]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    for line in &lines {
+        assert_eq!(line["speech"], true, "{line}");
+        assert_eq!(line["language"]["code"], "en", "{line}");
+        assert_heard(line, &EN);
+        assert!(line["duration_s"].as_f64().unwrap() > 5.0, "{line}");
+    }
+}
+
+#[test]
+fn headerless_audio_needs_its_format_named() {
+    let wav = speech_wav(&EN);
+    let raw = sox(&wav, "headerless_alaw.bin", &["-t", "raw", "-r", "8000", "-c", "1", "-e", "a-law"]);
+    let (lines, out) = process(&[&raw], &["--beam-size", "1", "--raw-format", "alaw"]);
+    assert!(out.status.success());
+    assert_heard(&lines[0], &EN);
+
+    let (lines, out) = process(&[&raw], &["--beam-size", "1", "--raw-format", "nonsense"]);
+    assert_eq!(lines.len(), 0, "{lines:?}");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("raw format"));
+}
+
+#[test]
+fn stereo_call_keeps_speakers_apart() {
+    // Agent speaks first on the left; the caller answers on the right after a pause.
+    let agent = speech_wav(&EN);
+    let caller_phrase = Phrase {
+        lang: "en",
+        voice: "en+m3",
+        text: "Yes, I would like to cancel my subscription and get a refund please.",
+        keywords: &["cancel", "subscription", "refund"],
+    };
+    let caller_src = workdir().join("caller_src.wav");
+    tool(
+        "espeak-ng",
+        &["-v", caller_phrase.voice, "-s", "125", "-g", "2", "-w", caller_src.to_str().unwrap(), caller_phrase.text],
+    );
+    let agent_len = sox(&agent, "agent_pad.wav", &["pad", "0", "10"]);
+    let caller = sox(&caller_src, "caller_pad.wav", &["pad", "9", "0"]);
+    let stereo = workdir().join("call_stereo.wav");
+    tool(
+        "sox",
+        &[
+            "-M",
+            agent_len.to_str().unwrap(),
+            caller.to_str().unwrap(),
+            "-r",
+            "8000",
+            "-e",
+            "u-law",
+            stereo.to_str().unwrap(),
+        ],
+    );
+    let (lines, out) = process(&[&stereo], &["--beam-size", "1", "--speakers", "agent,caller"]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let line = &lines[0];
+    let segments = line["transcript"]["segments"].as_array().unwrap();
+    let said = |speaker: &str| -> String {
+        segments
+            .iter()
+            .filter(|s| s["speaker"] == speaker)
+            .map(|s| s["text"].as_str().unwrap().to_lowercase())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(said("agent").contains("appointment"), "{line}");
+    assert!(said("caller").contains("refund"), "{line}");
+    assert!(!said("agent").contains("refund"), "{line}");
+    // Merged by time: the agent's first words come before the caller's.
+    assert_eq!(segments[0]["speaker"], "agent");
+    let first_caller = segments.iter().find(|s| s["speaker"] == "caller").unwrap();
+    assert!(first_caller["start_s"].as_f64().unwrap() >= 8.5, "{line}");
+    // Words carry times inside their segment.
+    let word = &segments[0]["words"][0];
+    assert!(word["end_s"].as_f64().unwrap() >= word["start_s"].as_f64().unwrap());
+    assert!(word["probability"].as_f64().unwrap() > 0.0);
+}

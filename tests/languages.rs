@@ -1,0 +1,69 @@
+//! Voicemails in several languages and telephone codecs: the right words and the right language.
+
+mod support;
+
+use support::*;
+
+#[test]
+fn spanish_ulaw_german_gsm_french_mp3_english_wav() {
+    let es = sox(&speech_wav(&ES), "es_voicemail_ulaw.wav", &["-r", "8000", "-c", "1", "-e", "u-law"]);
+    let de = sox(&speech_wav(&DE), "de_voicemail.gsm", &["-r", "8000", "-c", "1"]);
+    let fr = ffmpeg(&speech_wav(&FR), "fr_voicemail.mp3", &["-c:a", "libmp3lame", "-b:a", "32k"]);
+    let en = speech_wav(&EN);
+    let (lines, out) = process(&[&es, &de, &fr, &en], &[]);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    for (line, phrase) in lines.iter().zip([&ES, &DE, &FR, &EN]) {
+        assert_eq!(line["language"]["code"], phrase.lang, "{line}");
+        let p = line["language"]["probability"].as_f64().unwrap();
+        assert!(p > 0.5 && p <= 1.0, "{line}");
+        assert_heard(line, phrase);
+        assert_eq!(line["translation"], serde_json::Value::Null);
+        assert_eq!(line["summary"], serde_json::Value::Null);
+        assert_eq!(line["tasks"], serde_json::json!([]));
+        assert!(line["timings_ms"]["asr"].is_u64(), "{line}");
+        assert!(line["timings_ms"]["store"].is_u64(), "{line}");
+    }
+}
+
+#[test]
+fn allowlist_limits_detection() {
+    let fr = speech_wav(&FR);
+    let (lines, _) = process(&[&fr], &["--beam-size", "1", "--languages", "en,de"]);
+    let code = lines[0]["language"]["code"].as_str().unwrap().to_string();
+    assert!(code == "en" || code == "de", "{}", lines[0]);
+
+    let (_, out) = process_raw(&[&fr], &["--languages", "en,klingon"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("klingon"));
+}
+
+#[test]
+fn speech_translates_to_english() {
+    let es = speech_wav(&ES);
+    let (lines, out) = process(&[&es], &["--beam-size", "1", "--translate-to", "en"]);
+    assert!(out.status.success());
+    let line = &lines[0];
+    assert_eq!(line["language"]["code"], "es");
+    assert_eq!(line["translation"]["language"], "en");
+    let english = line["translation"]["text"].as_str().unwrap().to_lowercase();
+    assert!(
+        ["tomorrow", "appointment", "thank", "call", "clinic", "dental"]
+            .iter()
+            .filter(|w| english.contains(**w))
+            .count()
+            >= 2,
+        "{english}"
+    );
+    // The original stays beside the translation.
+    assert!(transcript(line).contains("gracias"), "{line}");
+}
+
+/// Like `process` but without requiring one line per file (for runs that stop at setup).
+fn process_raw(files: &[&std::path::Path], extra: &[&str]) -> (String, std::process::Output) {
+    let model = asr_model();
+    let mut args = vec!["process", "--asr-model", &model];
+    args.extend_from_slice(extra);
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    let out = companion(&args);
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out)
+}
