@@ -52,7 +52,7 @@ fn broken_files_fail_alone_with_their_error_kind() {
         (file("header_only.wav", &wav_header(1, 8000, 0)), "empty_audio"),
         (file("random_bytes.wav", &random), "unsupported_format"),
         (file("text.mp3", b"This is a text file pretending to be an MP3.\n"), "unsupported_format"),
-        (file("cut_in_header.wav", &speech[..20]), "unsupported_format"),
+        (file("cut_in_header.wav", &speech[..20]), "corrupt_audio"),
         (file("zero_channels.wav", &zero_channels), "corrupt_audio"),
         (file("zero_rate.wav", &zero_rate), "corrupt_audio"),
         (workdir().join("does_not_exist.wav"), "io"),

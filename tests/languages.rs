@@ -57,13 +57,3 @@ fn speech_translates_to_english() {
     // The original stays beside the translation.
     assert!(transcript(line).contains("gracias"), "{line}");
 }
-
-/// Like `process` but without requiring one line per file (for runs that stop at setup).
-fn process_raw(files: &[&std::path::Path], extra: &[&str]) -> (String, std::process::Output) {
-    let model = asr_model();
-    let mut args = vec!["process", "--asr-model", &model];
-    args.extend_from_slice(extra);
-    args.extend(files.iter().map(|f| f.to_str().unwrap()));
-    let out = companion(&args);
-    (String::from_utf8_lossy(&out.stdout).into_owned(), out)
-}

@@ -62,6 +62,8 @@ pub fn tool(program: &str, args: &[&str]) {
 
 /// Speech for a phrase as a 16-bit WAV at espeak-ng's native rate (22.05 kHz).
 pub fn speech_wav(phrase: &Phrase) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let out = workdir().join(format!("{}_speech.wav", phrase.lang));
     if !out.exists() {
         let tmp = out.with_extension("tmp.wav");
@@ -159,4 +161,14 @@ pub fn assert_heard(line: &Value, phrase: &Phrase) {
         line["file"],
         phrase.keywords
     );
+}
+
+/// Runs `companion process` without expecting a line per file (for runs refused at setup).
+pub fn process_raw(files: &[&Path], extra: &[&str]) -> (String, Output) {
+    let model = asr_model();
+    let mut args = vec!["process", "--asr-model", &model];
+    args.extend_from_slice(extra);
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    let out = companion(&args);
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out)
 }
