@@ -109,3 +109,30 @@ fn stereo_call_keeps_speakers_apart() {
     assert!(word["end_s"].as_f64().unwrap() >= word["start_s"].as_f64().unwrap());
     assert!(word["probability"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn long_recordings_are_transcribed_to_the_end() {
+    // ~50 s: a message, a long pause, another message past the 30 s Whisper window.
+    let first = speech_wav(&EN);
+    let second = workdir().join("long_second.wav");
+    tool(
+        "espeak-ng",
+        &["-v", "en+f2", "-s", "125", "-g", "2", "-w", second.to_str().unwrap(),
+          "One more thing, the parking garage is closed on Friday, so please use the street entrance."],
+    );
+    let long = workdir().join("long_voicemail.wav");
+    tool(
+        "sox",
+        &[first.to_str().unwrap(), second.to_str().unwrap(), "-r", "8000", "-e", "u-law",
+          long.to_str().unwrap(), "pad", "0", "0", "pad", "30@0:09", "pad", "0", "3"],
+    );
+    let (lines, out) = process(&[&long], &["--beam-size", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = &lines[0];
+    assert!(line["duration_s"].as_f64().unwrap() > 45.0, "{line}");
+    let text = transcript(line);
+    assert!(text.contains("appointment"), "{text}");
+    assert!(text.contains("parking") || text.contains("street"), "{text}");
+    let last = line["transcript"]["segments"].as_array().unwrap().last().unwrap().clone();
+    assert!(last["start_s"].as_f64().unwrap() > 35.0, "times are on the recording's timeline: {line}");
+}

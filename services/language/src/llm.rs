@@ -1,0 +1,504 @@
+//! A quantized GGUF chat model on the CPU.
+//!
+//! # Sharing and the KV cache
+//!
+//! candle's quantized models keep their KV cache inside the model struct and
+//! take the position of the first input token (`index_pos`); a forward pass at
+//! `index_pos == 0` replaces the cache. [`Llm`] holds the weights once and
+//! puts the model behind a [`Mutex`]: a call to [`Llm::chat`] locks it, always
+//! starts its sequence at position 0 (and clears the cache first anyway),
+//! and clears the cache again when it ends, also on error or panic, so no
+//! state leaks into the next call and no cache memory stays allocated between
+//! calls. Calls from several jobs are served one after the other.
+//!
+//! Why a lock rather than one model copy per job: candle's quantized Qwen2
+//! model cannot be cloned (the weights would have to be loaded again, which
+//! takes longer than a short generation and doubles the memory), and
+//! candle's CPU kernels run on one process-wide worker pool whose every
+//! operation takes a lock, so concurrent generations would not run faster
+//! than sequential ones on the CPU.
+//!
+//! # Prompt processing
+//!
+//! The prompt is fed in pieces whose sizes are powers of two (at most
+//! [`PREFILL_CHUNK`]) placed at aligned positions: candle's models cache one
+//! causal mask per `(piece length, position)` for their whole lifetime, and
+//! aligned pieces keep the set of such masks small and bounded instead of
+//! growing with every distinct prompt length a long-running service sees.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::{quantized_llama, quantized_qwen2};
+
+use crate::chat::{ChatTemplate, IM_END, IM_START, Message};
+use crate::error::{Error, Result};
+use crate::threads::configure_threads;
+use crate::tokenizer::{GgufVocab, LlmTokenizer};
+
+/// Largest piece of the prompt fed in one forward pass (a power of two).
+pub const PREFILL_CHUNK: usize = 128;
+
+/// Generation settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerateOptions {
+    /// Upper bound on the number of generated tokens (the stop token
+    /// included); also bounded by the context window.
+    pub max_new_tokens: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_new_tokens: 256,
+        }
+    }
+}
+
+impl GenerateOptions {
+    /// Options with the given token budget.
+    pub fn max_new_tokens(max_new_tokens: usize) -> Self {
+        GenerateOptions { max_new_tokens }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced an end-of-turn / end-of-sequence token.
+    EndOfTurn,
+    /// `max_new_tokens` were generated.
+    MaxTokens,
+    /// The context window is full.
+    ContextFull,
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The generated text, without the stop token.
+    pub text: String,
+    /// Tokens in the prompt (chat template included).
+    pub prompt_tokens: usize,
+    /// Tokens sampled, the stop token included.
+    pub generated_tokens: usize,
+    /// Wall time of processing the prompt, which also yields the first
+    /// generated token.
+    pub prompt_ms: f64,
+    /// Wall time of the `generated_tokens - 1` single-token steps after it.
+    pub generate_ms: f64,
+    /// Why generation ended.
+    pub stop: StopReason,
+}
+
+impl Generation {
+    /// Prompt processing speed.
+    pub fn prompt_tokens_per_sec(&self) -> f64 {
+        per_sec(self.prompt_tokens, self.prompt_ms)
+    }
+
+    /// Decoding speed (single-token steps per second).
+    pub fn generate_tokens_per_sec(&self) -> f64 {
+        per_sec(self.generated_tokens.saturating_sub(1), self.generate_ms)
+    }
+}
+
+fn per_sec(tokens: usize, ms: f64) -> f64 {
+    if ms > 0.0 {
+        tokens as f64 * 1000.0 / ms
+    } else {
+        0.0
+    }
+}
+
+/// Facts about a loaded model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmInfo {
+    /// `general.architecture` (`qwen2`, `llama`).
+    pub architecture: String,
+    /// `general.name`, when present.
+    pub name: Option<String>,
+    /// Usable context window in tokens.
+    pub context_length: usize,
+    /// Number of transformer blocks.
+    pub block_count: usize,
+    /// Tokens in the vocabulary.
+    pub vocab_size: usize,
+    /// Size of the GGUF file.
+    pub file_size: u64,
+    /// Compute threads in effect.
+    pub threads: usize,
+    /// Wall time of [`Llm::load`].
+    pub load_ms: f64,
+}
+
+enum Weights {
+    Qwen2(quantized_qwen2::ModelWeights),
+    Llama(quantized_llama::ModelWeights),
+}
+
+impl Weights {
+    fn forward(&mut self, input: &Tensor, index_pos: usize) -> candle_core::Result<Tensor> {
+        match self {
+            Weights::Qwen2(m) => m.forward(input, index_pos),
+            Weights::Llama(m) => m.forward(input, index_pos),
+        }
+    }
+
+    fn clear_kv_cache(&mut self) {
+        match self {
+            Weights::Qwen2(m) => m.clear_kv_cache(),
+            Weights::Llama(m) => m.clear_kv_cache(),
+        }
+    }
+}
+
+/// Exclusive use of the model for one sequence; clears the KV cache when
+/// it starts and when it ends (normally, by error or by panic).
+struct Session<'a> {
+    weights: MutexGuard<'a, Weights>,
+    device: &'a Device,
+}
+
+impl<'a> Session<'a> {
+    fn start(lock: &'a Mutex<Weights>, device: &'a Device) -> Self {
+        // A panic during an earlier call poisons the lock; the state it
+        // protected is reset here, so the poison carries no meaning.
+        let mut weights = lock.lock().unwrap_or_else(|p| p.into_inner());
+        weights.clear_kv_cache();
+        Session { weights, device }
+    }
+
+    /// Runs `ids` at positions `index_pos..` and returns the logits of the
+    /// last one.
+    fn forward(&mut self, ids: &[u32], index_pos: usize) -> Result<Vec<f32>> {
+        let input = Tensor::new(ids, self.device)?.unsqueeze(0)?;
+        let logits = self.weights.forward(&input, index_pos)?;
+        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.weights.clear_kv_cache();
+    }
+}
+
+/// The position and length of each prompt piece: full [`PREFILL_CHUNK`]s,
+/// then decreasing powers of two, so every piece starts at a multiple of its
+/// own length.
+fn prefill_pieces(len: usize) -> Vec<(usize, usize)> {
+    let mut pieces = Vec::new();
+    let mut pos = 0;
+    let mut size = PREFILL_CHUNK;
+    while pos < len {
+        while size > len - pos {
+            size /= 2;
+        }
+        pieces.push((pos, size));
+        pos += size;
+    }
+    pieces
+}
+
+/// Index of the largest logit (the first one on ties; NaN never wins).
+fn argmax(logits: &[f32]) -> Option<u32> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in logits.iter().enumerate() {
+        if v.is_nan() {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.and_then(|(i, _)| u32::try_from(i).ok())
+}
+
+/// A quantized chat model loaded from a GGUF file, shareable between
+/// threads (`Llm: Send + Sync`; wrap it in an `Arc`).
+pub struct Llm {
+    weights: Mutex<Weights>,
+    device: Device,
+    tokenizer: LlmTokenizer,
+    template: ChatTemplate,
+    info: LlmInfo,
+}
+
+impl std::fmt::Debug for Llm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Llm")
+            .field("info", &self.info)
+            .field("tokenizer", &self.tokenizer)
+            .field("template", &self.template)
+            .finish_non_exhaustive()
+    }
+}
+
+fn metadata_string(ct: &gguf_file::Content, key: &str) -> Option<String> {
+    ct.metadata
+        .get(key)
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+}
+
+fn metadata_usize(ct: &gguf_file::Content, key: &str) -> Result<usize> {
+    let value = ct
+        .metadata
+        .get(key)
+        .ok_or_else(|| Error::metadata(key, "missing"))?;
+    let n = value
+        .to_u32()
+        .map(u64::from)
+        .or_else(|_| value.to_u64())
+        .map_err(|e| Error::metadata(key, e.to_string()))?;
+    usize::try_from(n).map_err(|_| Error::metadata(key, "too large"))
+}
+
+impl Llm {
+    /// Loads a GGUF chat model (architecture `qwen2` or `llama`), its
+    /// tokenizer and chat template. `threads` requests a process-wide number
+    /// of compute threads (see [`crate::configure_threads`]).
+    pub fn load(path: &Path, threads: Option<usize>) -> Result<Llm> {
+        let started = Instant::now();
+        let threads = configure_threads(threads);
+        let gguf_err = |source| Error::Gguf {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let file_size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let content = gguf_file::Content::read(&mut file).map_err(gguf_err)?;
+
+        let architecture = metadata_string(&content, "general.architecture")
+            .ok_or_else(|| Error::metadata("general.architecture", "missing"))?;
+        let name = metadata_string(&content, "general.name");
+        let vocab = GgufVocab::from_metadata(&content.metadata)?;
+        let tokenizer = LlmTokenizer::from_vocab(&vocab)?;
+        if tokenizer.token_to_id(IM_START).is_none() || tokenizer.token_to_id(IM_END).is_none() {
+            return Err(Error::UnsupportedChatTemplate(
+                "the vocabulary has no <|im_start|> / <|im_end|> tokens (ChatML)".into(),
+            ));
+        }
+        let template = match &vocab.chat_template {
+            Some(jinja) => ChatTemplate::from_jinja(jinja)?,
+            None => {
+                tracing::warn!(path = %path.display(), "no tokenizer.chat_template; assuming ChatML");
+                ChatTemplate::chatml(None)
+            }
+        };
+
+        let prefix = |key: &str| format!("{architecture}.{key}");
+        let meta_context = metadata_usize(&content, &prefix("context_length"))?;
+        let block_count = metadata_usize(&content, &prefix("block_count"))?;
+        let device = Device::Cpu;
+        let (weights, context_length) = match architecture.as_str() {
+            "qwen2" => {
+                let m = quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &device)
+                    .map_err(gguf_err)?;
+                (Weights::Qwen2(m), meta_context)
+            }
+            "llama" => {
+                let m = quantized_llama::ModelWeights::from_gguf(content, &mut file, &device)
+                    .map_err(gguf_err)?;
+                // candle's llama precomputes rotary tables for MAX_SEQ_LEN.
+                (
+                    Weights::Llama(m),
+                    meta_context.min(quantized_llama::MAX_SEQ_LEN),
+                )
+            }
+            other => return Err(Error::UnsupportedArchitecture(other.to_string())),
+        };
+        let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let info = LlmInfo {
+            architecture,
+            name,
+            context_length,
+            block_count,
+            vocab_size: tokenizer.vocab_size(),
+            file_size,
+            threads,
+            load_ms,
+        };
+        tracing::info!(
+            path = %path.display(),
+            architecture = %info.architecture,
+            name = info.name.as_deref().unwrap_or(""),
+            context = info.context_length,
+            threads,
+            load_ms = format!("{load_ms:.0}"),
+            "loaded LLM"
+        );
+        Ok(Llm {
+            weights: Mutex::new(weights),
+            device,
+            tokenizer,
+            template,
+            info,
+        })
+    }
+
+    /// Facts about the model.
+    pub fn info(&self) -> &LlmInfo {
+        &self.info
+    }
+
+    /// The tokenizer rebuilt from the GGUF metadata.
+    pub fn tokenizer(&self) -> &LlmTokenizer {
+        &self.tokenizer
+    }
+
+    /// The chat template.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// The prompt text [`Llm::chat`] feeds the model.
+    pub fn render_prompt(&self, messages: &[Message]) -> String {
+        self.template.render(messages)
+    }
+
+    /// The prompt token ids [`Llm::chat`] feeds the model.
+    pub fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        self.tokenizer.encode_chat(&self.template, messages)
+    }
+
+    /// Answers a conversation: applies the chat template and generates the
+    /// assistant's reply greedily (deterministic).
+    pub fn chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Generation> {
+        let prompt = self.prompt_ids(messages)?;
+        self.generate(&prompt, options)
+    }
+
+    /// Greedy generation from raw prompt token ids, until a stop token, the
+    /// token budget or the end of the context window.
+    pub fn generate(&self, prompt: &[u32], options: &GenerateOptions) -> Result<Generation> {
+        let context = self.info.context_length;
+        if prompt.is_empty() || prompt.len() >= context {
+            return Err(Error::PromptTooLong {
+                prompt_tokens: prompt.len(),
+                context,
+            });
+        }
+        let budget = options.max_new_tokens.min(context - prompt.len());
+        let mut generated: Vec<u32> = Vec::with_capacity(budget);
+        if budget == 0 {
+            return Ok(Generation {
+                text: String::new(),
+                prompt_tokens: prompt.len(),
+                generated_tokens: 0,
+                prompt_ms: 0.0,
+                generate_ms: 0.0,
+                stop: StopReason::MaxTokens,
+            });
+        }
+
+        let mut session = Session::start(&self.weights, &self.device);
+        let started = Instant::now();
+        let mut logits = Vec::new();
+        for (pos, len) in prefill_pieces(prompt.len()) {
+            logits = session.forward(&prompt[pos..pos + len], pos)?;
+        }
+        let mut next = self.pick(&logits)?;
+        let prompt_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+        let started = Instant::now();
+        let stop = loop {
+            generated.push(next);
+            if self.tokenizer.is_stop(next) {
+                break StopReason::EndOfTurn;
+            }
+            if generated.len() >= budget {
+                break if generated.len() == options.max_new_tokens {
+                    StopReason::MaxTokens
+                } else {
+                    StopReason::ContextFull
+                };
+            }
+            let pos = prompt.len() + generated.len() - 1;
+            logits = session.forward(&[next], pos)?;
+            next = self.pick(&logits)?;
+        };
+        let generate_ms = started.elapsed().as_secs_f64() * 1000.0;
+        drop(session);
+
+        let content: &[u32] = match generated.last() {
+            Some(&last) if self.tokenizer.is_stop(last) => &generated[..generated.len() - 1],
+            _ => &generated,
+        };
+        let text = self.tokenizer.decode(content, true)?;
+        let generation = Generation {
+            text,
+            prompt_tokens: prompt.len(),
+            generated_tokens: generated.len(),
+            prompt_ms,
+            generate_ms,
+            stop,
+        };
+        tracing::debug!(
+            prompt_tokens = generation.prompt_tokens,
+            generated_tokens = generation.generated_tokens,
+            prompt_tps = format!("{:.1}", generation.prompt_tokens_per_sec()),
+            generate_tps = format!("{:.1}", generation.generate_tokens_per_sec()),
+            stop = ?generation.stop,
+            "generated"
+        );
+        Ok(generation)
+    }
+
+    fn pick(&self, logits: &[f32]) -> Result<u32> {
+        argmax(logits).ok_or_else(|| {
+            Error::Candle(candle_core::Error::Msg(
+                "the model produced no usable logits".into(),
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llm_is_shareable() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Llm>();
+    }
+
+    #[test]
+    fn prefill_pieces_are_aligned_powers_of_two() {
+        assert_eq!(prefill_pieces(0), []);
+        assert_eq!(prefill_pieces(1), [(0, 1)]);
+        assert_eq!(
+            prefill_pieces(125),
+            [(0, 64), (64, 32), (96, 16), (112, 8), (120, 4), (124, 1)]
+        );
+        assert_eq!(
+            prefill_pieces(300),
+            [(0, 128), (128, 128), (256, 32), (288, 8), (296, 4)]
+        );
+        for len in 0..1000 {
+            let pieces = prefill_pieces(len);
+            let mut pos = 0;
+            for &(p, n) in &pieces {
+                assert_eq!(p, pos);
+                assert!(n.is_power_of_two() && n <= PREFILL_CHUNK);
+                assert_eq!(p % n, 0, "piece at {p} of {n} is not aligned");
+                pos += n;
+            }
+            assert_eq!(pos, len);
+        }
+    }
+
+    #[test]
+    fn argmax_is_deterministic() {
+        assert_eq!(argmax(&[]), None);
+        assert_eq!(argmax(&[f32::NAN]), None);
+        assert_eq!(argmax(&[0.5, 2.0, 2.0, -1.0]), Some(1));
+        assert_eq!(argmax(&[f32::NAN, -3.0, f32::NAN]), Some(1));
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), Some(0));
+    }
+}

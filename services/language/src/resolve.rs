@@ -1,0 +1,112 @@
+//! Finding installed language models by name.
+
+use std::path::{Path, PathBuf};
+
+use companion_models::{Manifest, ModelCache};
+
+use crate::error::Result;
+
+/// Manifest role of chat LLMs (GGUF files).
+pub const LLM_ROLE: &str = "llm";
+/// Manifest role of sentence embedding models.
+pub const EMBEDDING_ROLE: &str = "embedding";
+
+/// Resolves a model given by path or by manifest name.
+///
+/// * An existing file or directory is used as-is.
+/// * Otherwise `name_or_path` must name a model of the bundled manifest with
+///   the given `role` that is installed in `cache`; if it is not installed,
+///   the error says to run `companion models fetch NAME`.
+///
+/// Returns the artifact path (the GGUF file of an LLM, `model.safetensors`
+/// of an embedding model, whose directory holds its other files).
+pub fn resolve_model(name_or_path: &str, role: &str, cache: &ModelCache) -> Result<PathBuf> {
+    resolve_with(Manifest::bundled_ref(), name_or_path, role, cache)
+}
+
+/// [`resolve_model`] in the default cache (`$COMPANION_MODELS_DIR` or
+/// `~/.cache/companion/models`).
+pub fn installed_model(name_or_path: &str, role: &str) -> Result<PathBuf> {
+    resolve_model(name_or_path, role, &ModelCache::default())
+}
+
+fn resolve_with(
+    manifest: &Manifest,
+    name_or_path: &str,
+    role: &str,
+    cache: &ModelCache,
+) -> Result<PathBuf> {
+    let as_path = Path::new(name_or_path);
+    if as_path.exists() {
+        return Ok(as_path.to_path_buf());
+    }
+    let Some(spec) = manifest.get(name_or_path) else {
+        if name_or_path.contains('/') || name_or_path.contains(std::path::MAIN_SEPARATOR) {
+            return Err(companion_models::Error::ModelFileMissing {
+                path: as_path.to_path_buf(),
+            }
+            .into());
+        }
+        return Err(companion_models::Error::UnknownModel {
+            name: name_or_path.to_string(),
+            known: manifest
+                .with_role(role)
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+        .into());
+    };
+    if spec.role != role {
+        return Err(companion_models::Error::WrongRole {
+            name: spec.name.clone(),
+            role: spec.role.clone(),
+            expected: role.to_string(),
+        }
+        .into());
+    }
+    if !cache.is_installed(spec) {
+        return Err(companion_models::Error::NotInstalled {
+            name: spec.name.clone(),
+            dir: cache.dir().to_path_buf(),
+        }
+        .into());
+    }
+    Ok(cache.artifact_path(spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    #[test]
+    fn names_paths_roles_and_missing_models() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ModelCache::new(tmp.path().join("cache"));
+        let file = tmp.path().join("model.gguf");
+        std::fs::write(&file, b"GGUF").unwrap();
+        assert_eq!(
+            resolve_model(file.to_str().unwrap(), LLM_ROLE, &cache).unwrap(),
+            file
+        );
+
+        let err = resolve_model("qwen2.5-0.5b", LLM_ROLE, &cache).unwrap_err();
+        assert!(
+            err.to_string().contains("companion models fetch qwen2.5-0.5b"),
+            "{err}"
+        );
+        let err = resolve_model("all-minilm-l6-v2", LLM_ROLE, &cache).unwrap_err();
+        assert!(
+            matches!(err, Error::Models(companion_models::Error::WrongRole { .. })),
+            "{err}"
+        );
+        let err = resolve_model("gpt-5", LLM_ROLE, &cache).unwrap_err();
+        assert!(err.to_string().contains("smollm2-135m"), "{err}");
+        let err = resolve_model("/nope/model.gguf", LLM_ROLE, &cache).unwrap_err();
+        assert!(
+            matches!(err, Error::Models(companion_models::Error::ModelFileMissing { .. })),
+            "{err}"
+        );
+    }
+}
