@@ -49,9 +49,18 @@ fn broken_files_fail_alone_with_their_error_kind() {
     zero_rate.extend_from_slice(&[0; 1600]);
     let cases: Vec<(std::path::PathBuf, &str)> = vec![
         (file("empty.wav", b""), "empty_audio"),
-        (file("header_only.wav", &wav_header(1, 8000, 0)), "empty_audio"),
+        (
+            file("header_only.wav", &wav_header(1, 8000, 0)),
+            "empty_audio",
+        ),
         (file("random_bytes.wav", &random), "unsupported_format"),
-        (file("text.mp3", b"This is a text file pretending to be an MP3.\n"), "unsupported_format"),
+        (
+            file(
+                "text.mp3",
+                b"This is a text file pretending to be an MP3.\n",
+            ),
+            "unsupported_format",
+        ),
         (file("cut_in_header.wav", &speech[..20]), "corrupt_audio"),
         (file("zero_channels.wav", &zero_channels), "corrupt_audio"),
         (file("zero_rate.wav", &zero_rate), "corrupt_audio"),
@@ -61,7 +70,11 @@ fn broken_files_fail_alone_with_their_error_kind() {
     let mut files: Vec<&std::path::Path> = cases.iter().map(|(p, _)| p.as_path()).collect();
     files.insert(3, &good);
     let (lines, out) = process(&files, &["--beam-size", "1"]);
-    assert_eq!(out.status.code(), Some(1), "a failed file makes the exit code 1");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed file makes the exit code 1"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 
@@ -81,22 +94,35 @@ fn broken_files_fail_alone_with_their_error_kind() {
 
 #[test]
 fn silence_noise_and_tiny_clips_have_no_speech() {
-    let silence = file("silence_60s.wav", &pcm_wav(8000, std::iter::repeat_n(0, 8000 * 60)));
+    let silence = file(
+        "silence_60s.wav",
+        &pcm_wav(8000, std::iter::repeat_n(0, 8000 * 60)),
+    );
     let hiss = file("line_noise.wav", &pcm_wav(8000, noise(8000 * 20, 0.01)));
     let ten_ms = file("ten_ms.wav", &pcm_wav(16000, noise(160, 0.3)));
     let hum = file(
         "hum_50hz.wav",
         &pcm_wav(
             8000,
-            (0..8000 * 10).map(|i| ((i as f32 * 50.0 * std::f32::consts::TAU / 8000.0).sin() * 3000.0) as i16),
+            (0..8000 * 10).map(|i| {
+                ((i as f32 * 50.0 * std::f32::consts::TAU / 8000.0).sin() * 3000.0) as i16
+            }),
         ),
     );
     let (lines, out) = process(&[&silence, &hiss, &ten_ms, &hum], &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for line in &lines {
         assert_eq!(line["speech"], false, "{line}");
         assert_eq!(line["transcript"]["text"], "", "{line}");
-        assert_eq!(line["transcript"]["segments"], serde_json::json!([]), "{line}");
+        assert_eq!(
+            line["transcript"]["segments"],
+            serde_json::json!([]),
+            "{line}"
+        );
         assert_eq!(line["language"], serde_json::Value::Null, "{line}");
     }
     assert!((lines[0]["duration_s"].as_f64().unwrap() - 60.0).abs() < 0.01);

@@ -9,11 +9,27 @@ fn every_container_and_codec_is_transcribed() {
     let wav = speech_wav(&EN);
     let files = vec![
         wav.clone(),
-        sox(&wav, "ulaw_8k.wav", &["-r", "8000", "-c", "1", "-e", "u-law"]),
-        sox(&wav, "alaw_8k.wav", &["-r", "8000", "-c", "1", "-e", "a-law"]),
+        sox(
+            &wav,
+            "ulaw_8k.wav",
+            &["-r", "8000", "-c", "1", "-e", "u-law"],
+        ),
+        sox(
+            &wav,
+            "alaw_8k.wav",
+            &["-r", "8000", "-c", "1", "-e", "a-law"],
+        ),
         sox(&wav, "asterisk.gsm", &["-r", "8000", "-c", "1"]),
-        sox(&wav, "wav49.wav", &["-r", "8000", "-c", "1", "-e", "gsm-full-rate"]),
-        sox(&wav, "pcm_u8.wav", &["-r", "8000", "-b", "8", "-e", "unsigned-integer"]),
+        sox(
+            &wav,
+            "wav49.wav",
+            &["-r", "8000", "-c", "1", "-e", "gsm-full-rate"],
+        ),
+        sox(
+            &wav,
+            "pcm_u8.wav",
+            &["-r", "8000", "-b", "8", "-e", "unsigned-integer"],
+        ),
         sox(&wav, "pcm_s24.wav", &["-b", "24"]),
         sox(&wav, "pcm_s32.wav", &["-b", "32", "-e", "signed-integer"]),
         sox(&wav, "float32.wav", &["-b", "32", "-e", "floating-point"]),
@@ -21,15 +37,46 @@ fn every_container_and_codec_is_transcribed() {
         ffmpeg(&wav, "speech.mp3", &["-c:a", "libmp3lame", "-b:a", "32k"]),
         ffmpeg(&wav, "speech.m4a", &["-c:a", "aac", "-b:a", "48k"]),
         ffmpeg(&wav, "vorbis.ogg", &["-c:a", "libvorbis", "-q:a", "3"]),
-        ffmpeg(&wav, "speech.opus", &["-ar", "48000", "-c:a", "libopus", "-b:a", "24k"]),
+        ffmpeg(
+            &wav,
+            "speech.opus",
+            &["-ar", "48000", "-c:a", "libopus", "-b:a", "24k"],
+        ),
         // Asterisk's headerless formats, recognised by extension.
-        sox(&wav, "asterisk.ulaw", &["-t", "raw", "-r", "8000", "-c", "1", "-e", "u-law"]),
-        sox(&wav, "asterisk.alaw", &["-t", "raw", "-r", "8000", "-c", "1", "-e", "a-law"]),
-        sox(&wav, "asterisk.sln16", &["-t", "raw", "-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer"]),
+        sox(
+            &wav,
+            "asterisk.ulaw",
+            &["-t", "raw", "-r", "8000", "-c", "1", "-e", "u-law"],
+        ),
+        sox(
+            &wav,
+            "asterisk.alaw",
+            &["-t", "raw", "-r", "8000", "-c", "1", "-e", "a-law"],
+        ),
+        sox(
+            &wav,
+            "asterisk.sln16",
+            &[
+                "-t",
+                "raw",
+                "-r",
+                "16000",
+                "-c",
+                "1",
+                "-b",
+                "16",
+                "-e",
+                "signed-integer",
+            ],
+        ),
     ];
     let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
     let (lines, out) = process(&paths, &["--beam-size", "1"]);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for line in &lines {
         assert_eq!(line["speech"], true, "{line}");
         assert_eq!(line["language"]["code"], "en", "{line}");
@@ -41,7 +88,11 @@ fn every_container_and_codec_is_transcribed() {
 #[test]
 fn headerless_audio_needs_its_format_named() {
     let wav = speech_wav(&EN);
-    let raw = sox(&wav, "headerless_alaw.bin", &["-t", "raw", "-r", "8000", "-c", "1", "-e", "a-law"]);
+    let raw = sox(
+        &wav,
+        "headerless_alaw.bin",
+        &["-t", "raw", "-r", "8000", "-c", "1", "-e", "a-law"],
+    );
     let (lines, out) = process(&[&raw], &["--beam-size", "1", "--raw-format", "alaw"]);
     assert!(out.status.success());
     assert_heard(&lines[0], &EN);
@@ -65,12 +116,40 @@ fn stereo_call_keeps_speakers_apart() {
     let caller_src = workdir().join("caller_src.wav");
     tool(
         "espeak-ng",
-        &["-v", caller_phrase.voice, "-s", "125", "-g", "2", "-w", caller_src.to_str().unwrap(), caller_phrase.text],
+        &[
+            "-v",
+            caller_phrase.voice,
+            "-s",
+            "125",
+            "-g",
+            "2",
+            "-w",
+            caller_src.to_str().unwrap(),
+            caller_phrase.text,
+        ],
     );
     let agent_len = workdir().join("agent_pad.wav");
-    tool("sox", &[agent.to_str().unwrap(), agent_len.to_str().unwrap(), "pad", "0", "10"]);
+    tool(
+        "sox",
+        &[
+            agent.to_str().unwrap(),
+            agent_len.to_str().unwrap(),
+            "pad",
+            "0",
+            "10",
+        ],
+    );
     let caller = workdir().join("caller_pad.wav");
-    tool("sox", &[caller_src.to_str().unwrap(), caller.to_str().unwrap(), "pad", "9", "0"]);
+    tool(
+        "sox",
+        &[
+            caller_src.to_str().unwrap(),
+            caller.to_str().unwrap(),
+            "pad",
+            "9",
+            "0",
+        ],
+    );
     let stereo = workdir().join("call_stereo.wav");
     tool(
         "sox",
@@ -85,8 +164,15 @@ fn stereo_call_keeps_speakers_apart() {
             stereo.to_str().unwrap(),
         ],
     );
-    let (lines, out) = process(&[&stereo], &["--beam-size", "1", "--speakers", "agent,caller"]);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let (lines, out) = process(
+        &[&stereo],
+        &["--beam-size", "1", "--speakers", "agent,caller"],
+    );
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = &lines[0];
     let segments = line["transcript"]["segments"].as_array().unwrap();
     let said = |speaker: &str| -> String {
@@ -117,22 +203,61 @@ fn long_recordings_are_transcribed_to_the_end() {
     let second = workdir().join("long_second.wav");
     tool(
         "espeak-ng",
-        &["-v", "en+f2", "-s", "125", "-g", "2", "-w", second.to_str().unwrap(),
-          "One more thing, the parking garage is closed on Friday, so please use the street entrance."],
+        &[
+            "-v",
+            "en+f2",
+            "-s",
+            "125",
+            "-g",
+            "2",
+            "-w",
+            second.to_str().unwrap(),
+            "One more thing, the parking garage is closed on Friday, so please use the street entrance.",
+        ],
     );
     let long = workdir().join("long_voicemail.wav");
     tool(
         "sox",
-        &[first.to_str().unwrap(), second.to_str().unwrap(), "-r", "8000", "-e", "u-law",
-          long.to_str().unwrap(), "pad", "0", "0", "pad", "30@0:09", "pad", "0", "3"],
+        &[
+            first.to_str().unwrap(),
+            second.to_str().unwrap(),
+            "-r",
+            "8000",
+            "-e",
+            "u-law",
+            long.to_str().unwrap(),
+            "pad",
+            "0",
+            "0",
+            "pad",
+            "30@0:09",
+            "pad",
+            "0",
+            "3",
+        ],
     );
     let (lines, out) = process(&[&long], &["--beam-size", "1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = &lines[0];
     assert!(line["duration_s"].as_f64().unwrap() > 45.0, "{line}");
     let text = transcript(line);
     assert!(text.contains("appointment"), "{text}");
-    assert!(text.contains("parking") || text.contains("street"), "{text}");
-    let last = line["transcript"]["segments"].as_array().unwrap().last().unwrap().clone();
-    assert!(last["start_s"].as_f64().unwrap() > 35.0, "times are on the recording's timeline: {line}");
+    assert!(
+        text.contains("parking") || text.contains("street"),
+        "{text}"
+    );
+    let last = line["transcript"]["segments"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert!(
+        last["start_s"].as_f64().unwrap() > 35.0,
+        "times are on the recording's timeline: {line}"
+    );
 }

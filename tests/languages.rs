@@ -6,12 +6,28 @@ use support::*;
 
 #[test]
 fn spanish_ulaw_german_gsm_french_mp3_english_wav() {
-    let es = sox(&speech_wav(&ES), "es_voicemail_ulaw.wav", &["-r", "8000", "-c", "1", "-e", "u-law"]);
-    let de = sox(&speech_wav(&DE), "de_voicemail.gsm", &["-r", "8000", "-c", "1"]);
-    let fr = ffmpeg(&speech_wav(&FR), "fr_voicemail.mp3", &["-c:a", "libmp3lame", "-b:a", "32k"]);
+    let es = sox(
+        &speech_wav(&ES),
+        "es_voicemail_ulaw.wav",
+        &["-r", "8000", "-c", "1", "-e", "u-law"],
+    );
+    let de = sox(
+        &speech_wav(&DE),
+        "de_voicemail.gsm",
+        &["-r", "8000", "-c", "1"],
+    );
+    let fr = ffmpeg(
+        &speech_wav(&FR),
+        "fr_voicemail.mp3",
+        &["-c:a", "libmp3lame", "-b:a", "32k"],
+    );
     let en = speech_wav(&EN);
     let (lines, out) = process(&[&es, &de, &fr, &en], &[]);
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (line, phrase) in lines.iter().zip([&ES, &DE, &FR, &EN]) {
         assert_eq!(line["language"]["code"], phrase.lang, "{line}");
         let p = line["language"]["probability"].as_f64().unwrap();
@@ -47,10 +63,17 @@ fn speech_translates_to_english() {
     assert_eq!(line["translation"]["language"], "en");
     let english = line["translation"]["text"].as_str().unwrap().to_lowercase();
     assert!(
-        ["tomorrow", "appointment", "thank", "call", "clinic", "dental"]
-            .iter()
-            .filter(|w| english.contains(**w))
-            .count()
+        [
+            "tomorrow",
+            "appointment",
+            "thank",
+            "call",
+            "clinic",
+            "dental"
+        ]
+        .iter()
+        .filter(|w| english.contains(**w))
+        .count()
             >= 2,
         "{english}"
     );

@@ -44,14 +44,24 @@ fn corrupt_set_ends_in_errors_or_results() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.code() == Some(0) || out.status.code() == Some(1));
-    assert!(started.elapsed() < Duration::from_secs(900), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(900),
+        "took {:?}",
+        started.elapsed()
+    );
     for (line, path) in lines.iter().zip(&files) {
         assert_eq!(line["file"], path.to_str().unwrap());
         if let Some(error) = line.get("error") {
             let kind = error["kind"].as_str().unwrap();
             assert!(
-                ["unsupported_format", "corrupt_audio", "empty_audio", "too_long", "too_large"]
-                    .contains(&kind),
+                [
+                    "unsupported_format",
+                    "corrupt_audio",
+                    "empty_audio",
+                    "too_long",
+                    "too_large"
+                ]
+                .contains(&kind),
                 "{line}"
             );
         } else {
@@ -69,7 +79,12 @@ fn corrupt_set_ends_in_errors_or_results() {
     // Silence is not speech.
     let silence = lines
         .iter()
-        .find(|l| l["file"].as_str().unwrap().ends_with("valid_60s_digital_silence_8k.wav"))
+        .find(|l| {
+            l["file"]
+                .as_str()
+                .unwrap()
+                .ends_with("valid_60s_digital_silence_8k.wav")
+        })
         .unwrap();
     assert_eq!(silence["speech"], false, "{silence}");
 }

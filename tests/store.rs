@@ -16,8 +16,17 @@ async fn results_land_in_the_store_as_versions() {
         let model = model.clone();
         tokio::task::spawn_blocking(move || {
             companion(&[
-                "process", "--asr-model", &model, "--beam-size", "1", "--db", db.to_str().unwrap(),
-                "--user", "alice", wav.to_str().unwrap(), broken.to_str().unwrap(),
+                "process",
+                "--asr-model",
+                &model,
+                "--beam-size",
+                "1",
+                "--db",
+                db.to_str().unwrap(),
+                "--user",
+                "alice",
+                wav.to_str().unwrap(),
+                broken.to_str().unwrap(),
             ])
         })
     };
@@ -34,7 +43,10 @@ async fn results_land_in_the_store_as_versions() {
     assert_eq!(store.result_count(&id).await.unwrap(), 2);
     match store.latest_result(&id).await.unwrap() {
         Some(StoredOutcome::Done(result)) => {
-            assert_eq!(result.transcript.text, lines[0]["transcript"]["text"].as_str().unwrap());
+            assert_eq!(
+                result.transcript.text,
+                lines[0]["transcript"]["text"].as_str().unwrap()
+            );
             assert!(result.speech);
         }
         other => panic!("expected a stored result, got {other:?}"),

@@ -45,7 +45,8 @@ pub const FR: Phrase = Phrase {
 /// A scratch directory kept for the whole test binary (fixtures are shared between tests).
 pub fn workdir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir")).path()
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
 }
 
 /// Runs an external tool; a missing tool fails the test with what to install.
@@ -69,7 +70,17 @@ pub fn speech_wav(phrase: &Phrase) -> PathBuf {
         let tmp = out.with_extension("tmp.wav");
         tool(
             "espeak-ng",
-            &["-v", phrase.voice, "-s", "125", "-g", "2", "-w", tmp.to_str().unwrap(), phrase.text],
+            &[
+                "-v",
+                phrase.voice,
+                "-s",
+                "125",
+                "-g",
+                "2",
+                "-w",
+                tmp.to_str().unwrap(),
+                phrase.text,
+            ],
         );
         std::fs::rename(&tmp, &out).unwrap();
     }
@@ -89,7 +100,14 @@ pub fn sox(src: &Path, name: &str, args: &[&str]) -> PathBuf {
 /// Encodes `src` with ffmpeg (extra args are output options).
 pub fn ffmpeg(src: &Path, name: &str, args: &[&str]) -> PathBuf {
     let out = workdir().join(name);
-    let mut all = vec!["-nostdin", "-loglevel", "error", "-y", "-i", src.to_str().unwrap()];
+    let mut all = vec![
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        src.to_str().unwrap(),
+    ];
     all.extend_from_slice(args);
     all.push(out.to_str().unwrap());
     tool("ffmpeg", &all);
@@ -154,7 +172,11 @@ pub fn transcript(line: &Value) -> String {
 /// codecs may cost a word, not the message).
 pub fn assert_heard(line: &Value, phrase: &Phrase) {
     let text = transcript(line);
-    let found: Vec<&&str> = phrase.keywords.iter().filter(|k| text.contains(**k)).collect();
+    let found: Vec<&&str> = phrase
+        .keywords
+        .iter()
+        .filter(|k| text.contains(**k))
+        .collect();
     assert!(
         found.len() * 2 >= phrase.keywords.len(),
         "{}: expected most of {:?} in {text:?} (found {found:?})",

@@ -96,7 +96,11 @@ pub fn decode_bytes(
         catch_unwind(AssertUnwindSafe(move || {
             decode_with_symphonia(bytes, ext.as_deref(), &opts)
         }))
-        .unwrap_or_else(|_| Err(AudioError::Corrupt("the decoder failed on this stream".into())))?
+        .unwrap_or_else(|_| {
+            Err(AudioError::Corrupt(
+                "the decoder failed on this stream".into(),
+            ))
+        })?
     };
     validate(&audio)?;
     debug!(
@@ -136,13 +140,21 @@ fn decode_with_symphonia(
     opts: &DecodeOptions,
 ) -> Result<Audio, AudioError> {
     let byte_len = bytes.len();
-    let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), MediaSourceStreamOptions::default());
+    let mss = MediaSourceStream::new(
+        Box::new(Cursor::new(bytes)),
+        MediaSourceStreamOptions::default(),
+    );
     let mut hint = Hint::new();
     if let Some(ext) = extension {
         hint.with_extension(ext);
     }
     let mut format = symphonia::default::get_probe()
-        .probe(&hint, mss, FormatOptions::default(), MetadataOptions::default())
+        .probe(
+            &hint,
+            mss,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
         .map_err(|e| match e {
             SymError::Unsupported(_) => {
                 AudioError::Unsupported("not a recognised audio container".into())
@@ -217,7 +229,9 @@ fn decode_with_symphonia(
                 let spec = buf.spec();
                 let (rate, count) = (spec.rate(), spec.channels().count());
                 if rate == 0 || count == 0 {
-                    return Err(AudioError::Corrupt("stream reports 0 Hz or 0 channels".into()));
+                    return Err(AudioError::Corrupt(
+                        "stream reports 0 Hz or 0 channels".into(),
+                    ));
                 }
                 if sample_rate == 0 {
                     sample_rate = rate;

@@ -136,7 +136,7 @@ pub fn decode_raw(bytes: &[u8], format: RawFormat) -> Result<Audio, AudioError> 
 pub fn looks_like_gsm(bytes: &[u8]) -> bool {
     let frames = bytes.len() / companion_gsm::FRAME_BYTES;
     frames >= 2
-        && bytes.len() % companion_gsm::FRAME_BYTES == 0
+        && bytes.len().is_multiple_of(companion_gsm::FRAME_BYTES)
         && bytes
             .chunks_exact(companion_gsm::FRAME_BYTES)
             .all(|frame| frame[0] >> 4 == 0xD)
@@ -148,10 +148,22 @@ mod tests {
 
     #[test]
     fn parses_names_rates_and_extensions() {
-        assert_eq!("ulaw".parse::<RawFormat>().unwrap(), RawFormat::Ulaw { rate: 8000 });
-        assert_eq!("alaw:16000".parse::<RawFormat>().unwrap(), RawFormat::Alaw { rate: 16000 });
-        assert_eq!("slin16".parse::<RawFormat>().unwrap(), RawFormat::Slin { rate: 16000 });
-        assert_eq!("sln".parse::<RawFormat>().unwrap(), RawFormat::Slin { rate: 8000 });
+        assert_eq!(
+            "ulaw".parse::<RawFormat>().unwrap(),
+            RawFormat::Ulaw { rate: 8000 }
+        );
+        assert_eq!(
+            "alaw:16000".parse::<RawFormat>().unwrap(),
+            RawFormat::Alaw { rate: 16000 }
+        );
+        assert_eq!(
+            "slin16".parse::<RawFormat>().unwrap(),
+            RawFormat::Slin { rate: 16000 }
+        );
+        assert_eq!(
+            "sln".parse::<RawFormat>().unwrap(),
+            RawFormat::Slin { rate: 8000 }
+        );
         assert_eq!("GSM".parse::<RawFormat>().unwrap(), RawFormat::Gsm);
         assert!("gsm:16000".parse::<RawFormat>().is_err());
         assert!("ulaw:0".parse::<RawFormat>().is_err());
@@ -170,8 +182,14 @@ mod tests {
 
     #[test]
     fn empty_raw_input_is_an_error() {
-        assert!(matches!(decode_raw(&[], RawFormat::Ulaw { rate: 8000 }), Err(AudioError::Empty)));
-        assert!(matches!(decode_raw(&[1], RawFormat::Slin { rate: 8000 }), Err(AudioError::Empty)));
+        assert!(matches!(
+            decode_raw(&[], RawFormat::Ulaw { rate: 8000 }),
+            Err(AudioError::Empty)
+        ));
+        assert!(matches!(
+            decode_raw(&[1], RawFormat::Slin { rate: 8000 }),
+            Err(AudioError::Empty)
+        ));
     }
 
     #[test]

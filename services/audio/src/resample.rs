@@ -77,7 +77,11 @@ mod tests {
         // alignment by checking RMS rather than sample-exact values.
         let rms = |v: &[f32]| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
         let mid = &out[0][4000..12000];
-        assert!((rms(mid) - 0.5 / 2f32.sqrt()).abs() < 0.01, "rms {}", rms(mid));
+        assert!(
+            (rms(mid) - 0.5 / 2f32.sqrt()).abs() < 0.01,
+            "rms {}",
+            rms(mid)
+        );
     }
 
     #[test]

@@ -68,7 +68,9 @@ pub fn decode_gsm_wave(bytes: &[u8]) -> Result<Option<Audio>, AudioError> {
         )));
     }
     if info.sample_rate == 0 {
-        return Err(AudioError::Corrupt("WAV header gives a sample rate of 0".into()));
+        return Err(AudioError::Corrupt(
+            "WAV header gives a sample rate of 0".into(),
+        ));
     }
     let samples = companion_gsm::decode_wav49(&bytes[info.data])
         .map_err(|e| AudioError::Corrupt(format!("MS-GSM: {e}")))?;
@@ -77,7 +79,12 @@ pub fn decode_gsm_wave(bytes: &[u8]) -> Result<Option<Audio>, AudioError> {
     }
     Ok(Some(Audio {
         sample_rate: info.sample_rate,
-        channels: vec![samples.into_iter().map(|s| f32::from(s) / 32768.0).collect()],
+        channels: vec![
+            samples
+                .into_iter()
+                .map(|s| f32::from(s) / 32768.0)
+                .collect(),
+        ],
         format: "wav/gsm_ms".into(),
     }))
 }
@@ -116,6 +123,9 @@ mod tests {
     fn other_codecs_and_garbage_are_left_to_symphonia() {
         assert_eq!(decode_gsm_wave(&wave(1, &[0; 4])).unwrap(), None);
         assert_eq!(decode_gsm_wave(b"not a wave file at all").unwrap(), None);
-        assert_eq!(parse_wave(b"RIFF\xff\xff\xff\xffWAVEfmt \xff\xff\xff\xff"), None);
+        assert_eq!(
+            parse_wave(b"RIFF\xff\xff\xff\xffWAVEfmt \xff\xff\xff\xff"),
+            None
+        );
     }
 }

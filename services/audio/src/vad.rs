@@ -169,7 +169,13 @@ mod tests {
             *f = true; // 5-frame pause (80 ms) bridged
         }
         let r = regions_from_frames(&v, 200 * FRAME, &opts());
-        assert_eq!(r, vec![SpeechRegion { start: 40 * FRAME, end: 90 * FRAME }]);
+        assert_eq!(
+            r,
+            vec![SpeechRegion {
+                start: 40 * FRAME,
+                end: 90 * FRAME
+            }]
+        );
     }
 
     #[test]
@@ -191,8 +197,14 @@ mod tests {
     fn gathered_speech_maps_back_to_original_times() {
         let samples: Vec<f32> = (0..16000 * 10).map(|i| i as f32).collect();
         let regions = [
-            SpeechRegion { start: 16000, end: 32000 },
-            SpeechRegion { start: 80000, end: 96000 },
+            SpeechRegion {
+                start: 16000,
+                end: 32000,
+            },
+            SpeechRegion {
+                start: 80000,
+                end: 96000,
+            },
         ];
         let speech = SpeechAudio::gather(&samples, &regions);
         assert_eq!(speech.samples.len(), 32000 + GAP);

@@ -15,7 +15,11 @@ use crate::process::PipelineArgs;
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// The labelled set's manifest.
-    #[arg(long, env = "COMPANION_EVAL_MANIFEST", default_value = "../shared/eval/MANIFEST.tsv")]
+    #[arg(
+        long,
+        env = "COMPANION_EVAL_MANIFEST",
+        default_value = "../shared/eval/MANIFEST.tsv"
+    )]
     manifest: PathBuf,
     /// Only clips whose path starts with this prefix (e.g. `speech/`).
     #[arg(long, default_value = "speech/")]
@@ -34,7 +38,11 @@ struct Clip {
 
 fn parse_manifest(text: &str, prefix: &str) -> Result<Vec<Clip>> {
     let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().context("empty manifest")?.split('\t').collect();
+    let header: Vec<&str> = lines
+        .next()
+        .context("empty manifest")?
+        .split('\t')
+        .collect();
     let col = |name: &str| {
         header
             .iter()
@@ -54,7 +62,11 @@ fn parse_manifest(text: &str, prefix: &str) -> Result<Vec<Clip>> {
         // One language, a whole reference (not a partial one, not speaker-tagged).
         .filter(|f| f[lang].len() == 2 && !f[reference].trim().is_empty())
         .filter(|f| !f[reference].contains('[') && !f[reference].contains(" | "))
-        .filter(|f| notes.and_then(|n| f.get(n)).is_none_or(|n| !n.contains("partial")))
+        .filter(|f| {
+            notes
+                .and_then(|n| f.get(n))
+                .is_none_or(|n| !n.contains("partial"))
+        })
         .map(|f| Clip {
             file: f[file].to_string(),
             language: f[lang].to_string(),
@@ -68,7 +80,10 @@ pub fn run(args: EvalArgs, models_dir: &Path) -> Result<ExitCode> {
         .with_context(|| format!("cannot read {}", args.manifest.display()))?;
     let clips = parse_manifest(&text, &args.prefix)?;
     if clips.is_empty() {
-        bail!("no clips with a reference transcript under {:?}", args.prefix);
+        bail!(
+            "no clips with a reference transcript under {:?}",
+            args.prefix
+        );
     }
     let root = args.manifest.parent().unwrap_or(Path::new("."));
     let pipeline = args.pipeline.pipeline(models_dir)?;
@@ -102,7 +117,7 @@ pub fn run(args: EvalArgs, models_dir: &Path) -> Result<ExitCode> {
         } else {
             word_errors(&clip.reference, &r.transcript.text)
         };
-        total = total.add(count);
+        total = total + count;
         println!(
             "{}\t{}\t{}\t{:.1}%\t{}/{}\t{}\t{}",
             clip.file,
@@ -125,7 +140,11 @@ pub fn run(args: EvalArgs, models_dir: &Path) -> Result<ExitCode> {
         total.reference_len,
         failed
     );
-    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "companion", version, about = "Voicemail and call recordings to transcripts, locally")]
+#[command(
+    name = "companion",
+    version,
+    about = "Voicemail and call recordings to transcripts, locally"
+)]
 struct Cli {
     /// Model cache directory.
     #[arg(long, global = true, env = "COMPANION_MODELS_DIR")]

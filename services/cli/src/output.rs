@@ -18,8 +18,13 @@ pub enum OutputFormat {
 /// Renders one result; `index` is the file's position in the input (0-based).
 pub fn render(format: OutputFormat, result: &RecordingResult, index: usize) -> String {
     match format {
-        OutputFormat::Json => serde_json::to_string(result)
-            .unwrap_or_else(|e| format!("{{\"file\":{:?},\"error\":{{\"kind\":\"io\",\"message\":{:?}}}}}", result.file, e.to_string())),
+        OutputFormat::Json => serde_json::to_string(result).unwrap_or_else(|e| {
+            format!(
+                "{{\"file\":{:?},\"error\":{{\"kind\":\"io\",\"message\":{:?}}}}}",
+                result.file,
+                e.to_string()
+            )
+        }),
         OutputFormat::Text => text(result),
         OutputFormat::Srt => srt(result),
         OutputFormat::Vtt => vtt(result, index == 0),
@@ -27,7 +32,11 @@ pub fn render(format: OutputFormat, result: &RecordingResult, index: usize) -> S
 }
 
 fn text(result: &RecordingResult) -> String {
-    let labelled = result.transcript.segments.iter().any(|s| s.speaker.is_some());
+    let labelled = result
+        .transcript
+        .segments
+        .iter()
+        .any(|s| s.speaker.is_some());
     if !labelled {
         return result.transcript.text.clone();
     }
@@ -129,8 +138,17 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&render(OutputFormat::Json, &result(), 0)).unwrap();
         for key in [
-            "file", "recording_id", "duration_s", "speech", "language", "transcript",
-            "translation", "summary", "tasks", "priority", "timings_ms",
+            "file",
+            "recording_id",
+            "duration_s",
+            "speech",
+            "language",
+            "transcript",
+            "translation",
+            "summary",
+            "tasks",
+            "priority",
+            "timings_ms",
         ] {
             assert!(v.get(key).is_some(), "missing {key}");
         }
@@ -139,7 +157,10 @@ mod tests {
 
     #[test]
     fn text_labels_speakers() {
-        assert_eq!(render(OutputFormat::Text, &result(), 0), "agent: Hello.\ncaller: Hi.");
+        assert_eq!(
+            render(OutputFormat::Text, &result(), 0),
+            "agent: Hello.\ncaller: Hi."
+        );
     }
 
     #[test]
@@ -148,7 +169,9 @@ mod tests {
         assert!(srt.starts_with("1\n00:00:00,500 --> 00:00:02,000\nagent: Hello."));
         assert!(srt.contains("2\n01:01:01,250 --> 01:01:02,750\ncaller: Hi."));
         let vtt = render(OutputFormat::Vtt, &result(), 0);
-        assert!(vtt.starts_with("WEBVTT\n\nNOTE call.wav\n\n00:00:00.500 --> 00:00:02.000\n<v agent>Hello."));
+        assert!(vtt.starts_with(
+            "WEBVTT\n\nNOTE call.wav\n\n00:00:00.500 --> 00:00:02.000\n<v agent>Hello."
+        ));
         assert!(!render(OutputFormat::Vtt, &result(), 1).contains("WEBVTT"));
     }
 }

@@ -38,7 +38,12 @@ pub struct PipelineArgs {
     #[arg(long, env = "COMPANION_TRANSLATE_TO")]
     pub translate_to: Option<String>,
     /// Speaker labels of a stereo call's channels, comma-separated, in channel order.
-    #[arg(long, env = "COMPANION_SPEAKERS", value_delimiter = ',', default_value = "left,right")]
+    #[arg(
+        long,
+        env = "COMPANION_SPEAKERS",
+        value_delimiter = ',',
+        default_value = "left,right"
+    )]
     pub speakers: Vec<String>,
     /// Read input as headerless audio: ulaw, alaw, slin, slin16, gsm, optionally NAME:RATE.
     #[arg(long, env = "COMPANION_RAW_FORMAT")]
@@ -56,7 +61,7 @@ impl PipelineArgs {
     pub fn config(&self) -> Result<PipelineConfig> {
         let mut config = PipelineConfig::default();
         config.decode.max_bytes = self.max_bytes;
-        if !(self.max_duration_s > 0.0) {
+        if !self.max_duration_s.is_finite() || self.max_duration_s <= 0.0 {
             bail!("--max-duration-s must be positive");
         }
         config.decode.max_duration_s = self.max_duration_s;
@@ -74,9 +79,7 @@ impl PipelineArgs {
         };
         config.transcribe = TranscribeOptions {
             beam_size: self.beam_size,
-            threads: self
-                .threads
-                .unwrap_or(TranscribeOptions::default().threads),
+            threads: self.threads.unwrap_or(TranscribeOptions::default().threads),
             languages: self
                 .languages
                 .iter()
@@ -153,12 +156,22 @@ pub fn run(args: ProcessArgs, models_dir: &Path) -> Result<ExitCode> {
     let mut failed = false;
     for (index, path) in args.files.iter().enumerate() {
         progress.set_message(path.display().to_string());
-        let line = match process_one(&pipeline, &store, &runtime, path, kind, args.user.as_deref()) {
+        let line = match process_one(
+            &pipeline,
+            &store,
+            &runtime,
+            path,
+            kind,
+            args.user.as_deref(),
+        ) {
             Ok(processed) => render(args.format, &processed.result, index),
             Err(report) => {
                 failed = true;
                 progress.suspend(|| {
-                    eprintln!("companion: {}: {} ({})", report.file, report.error.message, report.error.kind)
+                    eprintln!(
+                        "companion: {}: {} ({})",
+                        report.file, report.error.message, report.error.kind
+                    )
                 });
                 match args.format {
                     OutputFormat::Json => serde_json::to_string(&report)?,
@@ -178,7 +191,11 @@ pub fn run(args: ProcessArgs, models_dir: &Path) -> Result<ExitCode> {
     }
     progress.finish_and_clear();
     runtime.block_on(store.close());
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// One file: read, process, store. Every failure becomes a report for that file alone.
@@ -212,10 +229,7 @@ fn process_one(
     };
     let input = Input {
         file: file.clone(),
-        extension: path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_owned),
+        extension: path.extension().and_then(|e| e.to_str()).map(str::to_owned),
         bytes,
         kind,
     };
@@ -232,13 +246,19 @@ fn process_one(
         };
         store.upsert_recording(&recording).await?;
         match &outcome {
-            Ok(processed) => store.add_result(&recording.id, Outcome::Done(&processed.result)).await,
+            Ok(processed) => {
+                store
+                    .add_result(&recording.id, Outcome::Done(&processed.result))
+                    .await
+            }
             Err(e) => {
                 let report = ErrorReport {
                     kind: e.kind(),
                     message: e.to_string(),
                 };
-                store.add_result(&recording.id, Outcome::Failed(&report)).await
+                store
+                    .add_result(&recording.id, Outcome::Failed(&report))
+                    .await
             }
         }
     });

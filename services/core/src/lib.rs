@@ -172,7 +172,10 @@ mod tests {
 
     #[test]
     fn transcript_orders_segments_by_time_and_joins_text() {
-        let t = Transcript::from_segments(vec![seg(2.0, "right", " world "), seg(0.5, "left", "hello")]);
+        let t = Transcript::from_segments(vec![
+            seg(2.0, "right", " world "),
+            seg(0.5, "left", "hello"),
+        ]);
         assert_eq!(t.text, "hello world");
         assert_eq!(t.segments[0].speaker.as_deref(), Some("left"));
     }

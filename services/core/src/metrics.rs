@@ -51,7 +51,12 @@ impl ErrorCount {
         }
     }
 
-    pub fn add(self, other: ErrorCount) -> ErrorCount {
+}
+
+impl std::ops::Add for ErrorCount {
+    type Output = ErrorCount;
+
+    fn add(self, other: ErrorCount) -> ErrorCount {
         ErrorCount {
             errors: self.errors + other.errors,
             reference_len: self.reference_len + other.reference_len,
@@ -71,9 +76,7 @@ pub fn word_errors(reference: &str, hypothesis: &str) -> ErrorCount {
 
 /// Character errors (for scripts written without spaces: Chinese, Japanese).
 pub fn char_errors(reference: &str, hypothesis: &str) -> ErrorCount {
-    let chars = |s: &str| -> Vec<char> {
-        normalize_words(s).concat().chars().collect()
-    };
+    let chars = |s: &str| -> Vec<char> { normalize_words(s).concat().chars().collect() };
     let (r, h) = (chars(reference), chars(hypothesis));
     ErrorCount {
         errors: edit_distance(&r, &h),
@@ -87,7 +90,10 @@ mod tests {
 
     #[test]
     fn normalisation_ignores_case_and_punctuation() {
-        assert_eq!(normalize_words("Hello, World! Don't."), ["hello", "world", "don't"]);
+        assert_eq!(
+            normalize_words("Hello, World! Don't."),
+            ["hello", "world", "don't"]
+        );
     }
 
     #[test]

@@ -112,10 +112,15 @@ impl Timer {
 }
 
 impl Pipeline {
-    pub fn new(speech: Arc<SpeechModel>, config: PipelineConfig) -> Result<Pipeline, PipelineError> {
+    pub fn new(
+        speech: Arc<SpeechModel>,
+        config: PipelineConfig,
+    ) -> Result<Pipeline, PipelineError> {
         config.transcribe.validate()?;
         if config.speakers.iter().any(|s| s.trim().is_empty()) {
-            return Err(PipelineError::InvalidArgument("speaker labels must not be empty".into()));
+            return Err(PipelineError::InvalidArgument(
+                "speaker labels must not be empty".into(),
+            ));
         }
         Ok(Pipeline { speech, config })
     }
@@ -300,7 +305,13 @@ mod tests {
     #[test]
     fn segments_move_to_the_recording_timeline_with_speaker() {
         let samples = vec![0.0; 16000 * 10];
-        let map = SpeechAudio::gather(&samples, &[SpeechRegion { start: 48000, end: 64000 }]);
+        let map = SpeechAudio::gather(
+            &samples,
+            &[SpeechRegion {
+                start: 48000,
+                end: 64000,
+            }],
+        );
         let seg = Segment {
             start_s: 0.25,
             end_s: 0.75,
@@ -330,7 +341,10 @@ mod tests {
             }],
             english: None,
         };
-        let langs = [rec("en", "ok"), rec("es", "hola, quisiera hablar con alguien")];
+        let langs = [
+            rec("en", "ok"),
+            rec("es", "hola, quisiera hablar con alguien"),
+        ];
         assert_eq!(dominant_language(&langs).unwrap().code, "es");
         assert_eq!(dominant_language(&[]), None);
     }

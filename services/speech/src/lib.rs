@@ -72,7 +72,9 @@ impl TranscribeOptions {
             )));
         }
         if self.threads == 0 {
-            return Err(SpeechError::InvalidOption("threads must be at least 1".into()));
+            return Err(SpeechError::InvalidOption(
+                "threads must be at least 1".into(),
+            ));
         }
         for code in &self.languages {
             if whisper_rs::get_lang_id(code).is_none() {
@@ -283,9 +285,7 @@ fn pick_language(probs: &[f32], allowlist: &[String]) -> Option<Language> {
         })
         .collect();
     let total: f32 = candidates.iter().map(|(_, p)| p).sum();
-    let (id, p) = candidates
-        .into_iter()
-        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    let (id, p) = candidates.into_iter().max_by(|a, b| a.1.total_cmp(&b.1))?;
     let code = whisper_rs::get_lang_str(id as i32)?;
     let probability = if allowlist.is_empty() || total <= 0.0 {
         p

@@ -77,7 +77,9 @@ impl Store {
             reason,
         };
         if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            return Err(invalid("PostgreSQL is not supported by this build yet".into()));
+            return Err(invalid(
+                "PostgreSQL is not supported by this build yet".into(),
+            ));
         }
         let url_form = if url.starts_with("sqlite:") {
             url.to_string()
@@ -168,7 +170,10 @@ impl Store {
     }
 
     /// The newest result of a recording, if it has one.
-    pub async fn latest_result(&self, recording_id: &str) -> Result<Option<StoredOutcome>, StoreError> {
+    pub async fn latest_result(
+        &self,
+        recording_id: &str,
+    ) -> Result<Option<StoredOutcome>, StoreError> {
         let row = sqlx::query(
             "SELECT status, result_json, error_kind, error_message FROM results
              WHERE recording_id = $1 ORDER BY version DESC LIMIT 1",
@@ -180,7 +185,9 @@ impl Store {
         let status: String = row.try_get("status")?;
         if status == "done" {
             let json: String = row.try_get("result_json")?;
-            Ok(Some(StoredOutcome::Done(Box::new(serde_json::from_str(&json)?))))
+            Ok(Some(StoredOutcome::Done(Box::new(serde_json::from_str(
+                &json,
+            )?))))
         } else {
             let kind: String = row.try_get("error_kind")?;
             let kind = serde_json::from_value(serde_json::Value::String(kind))?;
@@ -285,11 +292,16 @@ mod tests {
             kind: ErrorKind::CorruptAudio,
             message: "bad".into(),
         };
-        let v2 = store.add_result("rec_1", Outcome::Failed(&error)).await.unwrap();
+        let v2 = store
+            .add_result("rec_1", Outcome::Failed(&error))
+            .await
+            .unwrap();
         assert_eq!((v1, v2), (1, 2));
         store.close().await;
 
-        let store = Store::open(&format!("sqlite://{}", path.display())).await.unwrap();
+        let store = Store::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
         assert_eq!(store.result_count("rec_1").await.unwrap(), 2);
         assert_eq!(
             store.latest_result("rec_1").await.unwrap(),
@@ -311,7 +323,9 @@ mod tests {
     #[tokio::test]
     async fn a_result_needs_its_recording() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("x.db").to_str().unwrap()).await.unwrap();
+        let store = Store::open(dir.path().join("x.db").to_str().unwrap())
+            .await
+            .unwrap();
         assert!(
             store
                 .add_result("missing", Outcome::Done(&result("missing", "x")))
