@@ -126,8 +126,12 @@ pub fn asr_model() -> String {
     std::env::var("COMPANION_TEST_ASR_MODEL").unwrap_or_else(|_| "whisper-base".into())
 }
 
-/// Runs `companion` with the given arguments and a store in the scratch directory.
+/// Runs `companion` with the given arguments and a store in the scratch directory. One run at
+/// a time: whisper.cpp's worker threads spin while they wait, so runs that share the cores
+/// slow each other down many times over.
 pub fn companion(args: &[&str]) -> Output {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let db = workdir().join("companion.db");
     Command::new(env!("CARGO_BIN_EXE_companion"))
         .args(args)
