@@ -50,7 +50,6 @@ impl ErrorCount {
             self.errors as f64 / self.reference_len as f64
         }
     }
-
 }
 
 impl std::ops::Add for ErrorCount {

@@ -173,7 +173,9 @@ fn default_system_prompt(template: &str) -> Option<String> {
         // template it may be a real newline.
         let body = rest.strip_prefix("\\n").or_else(|| rest.strip_prefix('\n'));
         let Some(body) = body else { continue };
-        let Some(end) = body.find(IM_END) else { continue };
+        let Some(end) = body.find(IM_END) else {
+            continue;
+        };
         let text = &body[..end];
         let constant = !text.is_empty() && !text.contains(['\'', '"', '{', '}', '+', '\\']);
         if constant {

@@ -50,7 +50,10 @@ pub enum Error {
 
     /// The prompt does not leave room for a single generated token.
     #[error("prompt of {prompt_tokens} tokens does not fit the context window of {context} tokens")]
-    PromptTooLong { prompt_tokens: usize, context: usize },
+    PromptTooLong {
+        prompt_tokens: usize,
+        context: usize,
+    },
 
     /// A model configuration file is invalid.
     #[error("invalid model configuration {path}: {problem}")]
@@ -60,7 +63,13 @@ pub enum Error {
     /// wrong role, not installed: the message says which `companion models
     /// fetch` to run).
     #[error(transparent)]
-    Models(#[from] companion_models::Error),
+    Models(Box<companion_models::Error>),
+}
+
+impl From<companion_models::Error> for Error {
+    fn from(err: companion_models::Error) -> Self {
+        Error::Models(Box::new(err))
+    }
 }
 
 impl Error {

@@ -38,7 +38,7 @@ pub use embed::{
     CONFIG_FILE, Embedder, MAX_TOKENS as EMBED_MAX_TOKENS, TOKENIZER_FILE, WEIGHTS_FILE, cosine,
 };
 pub use error::{Error, Result};
-pub use llm::{GenerateOptions, Generation, Llm, LlmInfo, PREFILL_CHUNK, StopReason};
+pub use llm::{GenerateOptions, Generation, Llm, LlmInfo, LoadOptions, PREFILL_CHUNK, StopReason};
 pub use resolve::{EMBEDDING_ROLE, LLM_ROLE, installed_model, resolve_model};
 pub use threads::{compute_threads, configure_threads};
 pub use tokenizer::{

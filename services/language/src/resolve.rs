@@ -93,19 +93,20 @@ mod tests {
 
         let err = resolve_model("qwen2.5-0.5b", LLM_ROLE, &cache).unwrap_err();
         assert!(
-            err.to_string().contains("companion models fetch qwen2.5-0.5b"),
+            err.to_string()
+                .contains("companion models fetch qwen2.5-0.5b"),
             "{err}"
         );
         let err = resolve_model("all-minilm-l6-v2", LLM_ROLE, &cache).unwrap_err();
         assert!(
-            matches!(err, Error::Models(companion_models::Error::WrongRole { .. })),
+            matches!(&err, Error::Models(e) if matches!(**e, companion_models::Error::WrongRole { .. })),
             "{err}"
         );
         let err = resolve_model("gpt-5", LLM_ROLE, &cache).unwrap_err();
         assert!(err.to_string().contains("smollm2-135m"), "{err}");
         let err = resolve_model("/nope/model.gguf", LLM_ROLE, &cache).unwrap_err();
         assert!(
-            matches!(err, Error::Models(companion_models::Error::ModelFileMissing { .. })),
+            matches!(&err, Error::Models(e) if matches!(**e, companion_models::Error::ModelFileMissing { .. })),
             "{err}"
         );
     }

@@ -34,7 +34,9 @@ pub fn compute_threads() -> usize {
 /// The first request wins, and an explicit `CANDLE_NUM_THREADS` in the
 /// environment wins over any request. Call it before any model runs (the
 /// `load` functions of this crate do); a later, different request only logs
-/// a warning.
+/// a warning. The first request sets `CANDLE_NUM_THREADS` (and
+/// `RAYON_NUM_THREADS` if unset) in the process environment, which is how
+/// candle reads it.
 pub fn configure_threads(threads: Option<usize>) -> usize {
     let Some(requested) = threads.filter(|n| *n > 0) else {
         return compute_threads();
@@ -50,11 +52,12 @@ pub fn configure_threads(threads: Option<usize>) -> usize {
         return *CONFIGURED.get_or_init(|| from_env);
     }
     let effective = *CONFIGURED.get_or_init(|| {
-        // SAFETY: std's environment functions are serialised by std's own
-        // lock; the remaining hazard is C code calling getenv concurrently.
-        // This runs once per process, before candle creates its pools, from
-        // the thread that loads the first model; no code of this process
-        // reads these variables from C.
+        // SAFETY: std serialises its own environment accesses; the hazard
+        // left is C code reading the environment (getenv) on another thread
+        // at this moment. This runs at most once per process, when the first
+        // model is loaded, before candle starts its worker threads. A program
+        // that cannot rule out concurrent getenv calls should set
+        // CANDLE_NUM_THREADS itself before starting threads and pass `None`.
         unsafe {
             std::env::set_var(CANDLE_ENV, requested.to_string());
             if std::env::var_os(RAYON_ENV).is_none() {
