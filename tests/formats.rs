@@ -132,6 +132,7 @@ fn stereo_call_keeps_speakers_apart() {
     tool(
         "sox",
         &[
+            "-D",
             agent.to_str().unwrap(),
             agent_len.to_str().unwrap(),
             "pad",
@@ -143,6 +144,7 @@ fn stereo_call_keeps_speakers_apart() {
     tool(
         "sox",
         &[
+            "-D",
             caller_src.to_str().unwrap(),
             caller.to_str().unwrap(),
             "pad",
@@ -154,6 +156,7 @@ fn stereo_call_keeps_speakers_apart() {
     tool(
         "sox",
         &[
+            "-D",
             "-M",
             agent_len.to_str().unwrap(),
             caller.to_str().unwrap(),
@@ -219,6 +222,7 @@ fn long_recordings_are_transcribed_to_the_end() {
     tool(
         "sox",
         &[
+            "-D",
             first.to_str().unwrap(),
             second.to_str().unwrap(),
             "-r",

@@ -90,7 +90,8 @@ pub fn speech_wav(phrase: &Phrase) -> PathBuf {
 /// Encodes `src` with sox (extra args go before the output name).
 pub fn sox(src: &Path, name: &str, args: &[&str]) -> PathBuf {
     let out = workdir().join(name);
-    let mut all = vec![src.to_str().unwrap()];
+    // -D: no dither, so fixtures are the same bytes on every run.
+    let mut all = vec!["-D", src.to_str().unwrap()];
     all.extend_from_slice(args);
     all.push(out.to_str().unwrap());
     tool("sox", &all);

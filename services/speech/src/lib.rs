@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use companion_core::{Classify, ErrorKind, Language, Segment};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use whisper_rs::{
     FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
 };
 
-pub use words::words_from_tokens;
+pub use words::{collapse_loops, words_from_tokens};
 
 const SAMPLE_RATE: usize = 16_000;
 
@@ -258,12 +258,26 @@ impl SpeechModel {
                     })
                 })
                 .collect();
+            let mut words = words_from_tokens(&tokens);
+            let text = if collapse_loops(&mut words) {
+                warn!(segment = %text, "Whisper repeated itself; the loop was removed");
+                words
+                    .iter()
+                    .map(|w| w.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            } else {
+                text
+            };
+            if text.is_empty() {
+                continue;
+            }
             segments.push(Segment {
                 start_s: segment.start_timestamp() as f64 / 100.0,
                 end_s: segment.end_timestamp() as f64 / 100.0,
                 speaker: None,
                 text,
-                words: words_from_tokens(&tokens),
+                words,
             });
         }
         debug!(segments = segments.len(), translate, "whisper pass done");
