@@ -29,7 +29,7 @@ pub use ggml::{
 pub use manifest::{
     ArtifactSpec, Conversion, FileSpec, Manifest, ModelSpec, PackageSpec, PartSpec,
 };
-pub use resolve::{ASR_ROLE, resolve_asr_model};
+pub use resolve::{ASR_ROLE, resolve_asr_model, resolve_model};
 pub use wheel::PYTHON_ENV;
 
 /// Temporary files are created 0600; installed files should be readable by

@@ -9,24 +9,33 @@ use crate::manifest::Manifest;
 /// Role of speech-recognition models in the manifest.
 pub const ASR_ROLE: &str = "asr";
 
-/// Resolves an ASR model given by path or by name.
-///
-/// * An existing file is used as-is (any whisper.cpp GGML file).
-/// * Otherwise the value must name an `asr` model of the bundled manifest
-///   that is installed in `cache`; if it is not, the error tells the user to
-///   run `companion models fetch NAME`.
+/// Resolves an ASR model given by path or by name: [`resolve_model`] with the `asr` role.
+/// Any whisper.cpp GGML file a user brings is used as-is.
 pub fn resolve_asr_model(name_or_path: &str, cache: &ModelCache) -> Result<PathBuf> {
-    resolve_with(Manifest::bundled_ref(), name_or_path, cache)
+    resolve_model(name_or_path, ASR_ROLE, cache)
+}
+
+/// Resolves a model given by path or by name.
+///
+/// * An existing file (or, for models made of several files, directory) is used as-is.
+/// * Otherwise the value must name a model of the bundled manifest with this `role` that is
+///   installed in `cache`; if it is not, the error tells the user to run
+///   `companion models fetch NAME`.
+///
+/// Returns the artifact path; a model's other files sit beside it.
+pub fn resolve_model(name_or_path: &str, role: &str, cache: &ModelCache) -> Result<PathBuf> {
+    resolve_with(Manifest::bundled_ref(), name_or_path, role, cache)
 }
 
 pub(crate) fn resolve_with(
     manifest: &Manifest,
     name_or_path: &str,
+    role: &str,
     cache: &ModelCache,
 ) -> Result<PathBuf> {
     let as_path = Path::new(name_or_path);
-    if as_path.is_file() {
-        tracing::debug!(path = %as_path.display(), "using ASR model file");
+    if as_path.exists() {
+        tracing::debug!(path = %as_path.display(), role, "using model path as given");
         return Ok(as_path.to_path_buf());
     }
     let Some(spec) = manifest.get(name_or_path) else {
@@ -41,17 +50,17 @@ pub(crate) fn resolve_with(
         return Err(Error::UnknownModel {
             name: name_or_path.to_string(),
             known: manifest
-                .with_role(ASR_ROLE)
+                .with_role(role)
                 .map(|m| m.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
         });
     };
-    if spec.role != ASR_ROLE {
+    if spec.role != role {
         return Err(Error::WrongRole {
             name: spec.name.clone(),
             role: spec.role.clone(),
-            expected: ASR_ROLE.to_string(),
+            expected: role.to_string(),
         });
     }
     if !cache.is_installed(spec) {
@@ -61,7 +70,7 @@ pub(crate) fn resolve_with(
         });
     }
     let path = cache.artifact_path(spec);
-    tracing::debug!(model = %spec.name, path = %path.display(), "resolved ASR model");
+    tracing::debug!(model = %spec.name, path = %path.display(), role, "resolved model");
     Ok(path)
 }
 

@@ -1,8 +1,8 @@
 //! Finding installed language models by name.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use companion_models::{Manifest, ModelCache};
+use companion_models::ModelCache;
 
 use crate::error::Result;
 
@@ -21,58 +21,13 @@ pub const EMBEDDING_ROLE: &str = "embedding";
 /// Returns the artifact path (the GGUF file of an LLM, `model.safetensors`
 /// of an embedding model, whose directory holds its other files).
 pub fn resolve_model(name_or_path: &str, role: &str, cache: &ModelCache) -> Result<PathBuf> {
-    resolve_with(Manifest::bundled_ref(), name_or_path, role, cache)
+    Ok(companion_models::resolve_model(name_or_path, role, cache)?)
 }
 
 /// [`resolve_model`] in the default cache (`$COMPANION_MODELS_DIR` or
 /// `~/.cache/companion/models`).
 pub fn installed_model(name_or_path: &str, role: &str) -> Result<PathBuf> {
     resolve_model(name_or_path, role, &ModelCache::default())
-}
-
-fn resolve_with(
-    manifest: &Manifest,
-    name_or_path: &str,
-    role: &str,
-    cache: &ModelCache,
-) -> Result<PathBuf> {
-    let as_path = Path::new(name_or_path);
-    if as_path.exists() {
-        return Ok(as_path.to_path_buf());
-    }
-    let Some(spec) = manifest.get(name_or_path) else {
-        if name_or_path.contains('/') || name_or_path.contains(std::path::MAIN_SEPARATOR) {
-            return Err(companion_models::Error::ModelFileMissing {
-                path: as_path.to_path_buf(),
-            }
-            .into());
-        }
-        return Err(companion_models::Error::UnknownModel {
-            name: name_or_path.to_string(),
-            known: manifest
-                .with_role(role)
-                .map(|m| m.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        }
-        .into());
-    };
-    if spec.role != role {
-        return Err(companion_models::Error::WrongRole {
-            name: spec.name.clone(),
-            role: spec.role.clone(),
-            expected: role.to_string(),
-        }
-        .into());
-    }
-    if !cache.is_installed(spec) {
-        return Err(companion_models::Error::NotInstalled {
-            name: spec.name.clone(),
-            dir: cache.dir().to_path_buf(),
-        }
-        .into());
-    }
-    Ok(cache.artifact_path(spec))
 }
 
 #[cfg(test)]
