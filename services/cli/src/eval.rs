@@ -94,8 +94,10 @@ pub fn run(args: EvalArgs, models_dir: &Path) -> Result<ExitCode> {
         let processed = companion_audio::read_file(&path, pipeline.config().decode.max_bytes)
             .map_err(anyhow::Error::from)
             .and_then(|bytes| {
+                let sha256 = companion_pipeline::sha256_hex(&bytes);
                 Ok(pipeline.process(Input {
                     file: clip.file.clone(),
+                    recording_id: companion_pipeline::recording_id_for(&sha256),
                     extension: path.extension().and_then(|e| e.to_str()).map(str::to_owned),
                     bytes,
                     kind: None,

@@ -229,6 +229,7 @@ fn process_one(
     };
     let input = Input {
         file: file.clone(),
+        recording_id: recording.id.clone(),
         extension: path.extension().and_then(|e| e.to_str()).map(str::to_owned),
         bytes,
         kind,

@@ -62,6 +62,8 @@ impl Default for PipelineConfig {
 pub struct Input {
     /// Name shown in results (the path as given).
     pub file: String,
+    /// The recording's id in the store (see [`recording_id_for`]).
+    pub recording_id: String,
     /// File extension without the dot, if any: helps the container probe.
     pub extension: Option<String>,
     pub bytes: Vec<u8>,
@@ -69,13 +71,11 @@ pub struct Input {
     pub kind: Option<RecordingKind>,
 }
 
-/// A processed recording with what the store needs to know about its source.
+/// A processed recording and the kind it was treated as.
 #[derive(Debug, Clone)]
 pub struct Processed {
     pub result: RecordingResult,
     pub kind: RecordingKind,
-    pub sha256: String,
-    pub size_bytes: u64,
 }
 
 /// The stable id of a recording processed from a file: derived from its content, so the same
@@ -135,9 +135,7 @@ impl Pipeline {
         let mut timer = Timer {
             timings: BTreeMap::new(),
         };
-        let size_bytes = input.bytes.len() as u64;
-        let sha256 = sha256_hex(&input.bytes);
-        let recording_id = recording_id_for(&sha256);
+        let recording_id = input.recording_id;
         let _span = info_span!("recording", id = %recording_id, file = %input.file).entered();
 
         let audio = timer.time("decode", || {
@@ -230,8 +228,6 @@ impl Pipeline {
                 timings_ms: timer.timings,
             },
             kind,
-            sha256,
-            size_bytes,
         })
     }
 
