@@ -1,7 +1,10 @@
 //! Domain types shared by every companion crate: recordings, transcripts, results and the
 //! error kinds users see. This crate does no I/O.
 
+pub mod insights;
 pub mod metrics;
+
+pub use insights::{CallSummary, Intent, IntentMatch, Priority, Task};
 
 use std::collections::BTreeMap;
 use std::fmt;
