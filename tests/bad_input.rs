@@ -69,7 +69,7 @@ fn broken_files_fail_alone_with_their_error_kind() {
     let good = speech_wav(&EN);
     let mut files: Vec<&std::path::Path> = cases.iter().map(|(p, _)| p.as_path()).collect();
     files.insert(3, &good);
-    let (lines, out) = process(&files, &["--beam-size", "1"]);
+    let (lines, out) = transcribe(&files, &["--beam-size", "1"]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -109,7 +109,7 @@ fn silence_noise_and_tiny_clips_have_no_speech() {
             }),
         ),
     );
-    let (lines, out) = process(&[&silence, &hiss, &ten_ms, &hum], &[]);
+    let (lines, out) = transcribe(&[&silence, &hiss, &ten_ms, &hum], &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -131,15 +131,15 @@ fn silence_noise_and_tiny_clips_have_no_speech() {
 #[test]
 fn limits_refuse_before_decoding() {
     let wav = speech_wav(&EN);
-    let (lines, out) = process(&[&wav], &["--max-bytes", "1000"]);
+    let (lines, out) = transcribe(&[&wav], &["--max-bytes", "1000"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(lines[0]["error"]["kind"], "too_large", "{}", lines[0]);
 
-    let (lines, _) = process(&[&wav], &["--max-duration-s", "2"]);
+    let (lines, _) = transcribe(&[&wav], &["--max-duration-s", "2"]);
     assert_eq!(lines[0]["error"]["kind"], "too_long", "{}", lines[0]);
 
     // A raw file's duration follows from its size: refused before decoding too.
     let raw = file("long.ulaw", &vec![0xffu8; 8000 * 5]);
-    let (lines, _) = process(&[&raw], &["--max-duration-s", "2"]);
+    let (lines, _) = transcribe(&[&raw], &["--max-duration-s", "2"]);
     assert_eq!(lines[0]["error"]["kind"], "too_long", "{}", lines[0]);
 }

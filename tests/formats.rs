@@ -71,7 +71,7 @@ fn every_container_and_codec_is_transcribed() {
         ),
     ];
     let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
-    let (lines, out) = process(&paths, &["--beam-size", "1"]);
+    let (lines, out) = transcribe(&paths, &["--beam-size", "1"]);
     assert!(
         out.status.success(),
         "stderr: {}",
@@ -93,11 +93,11 @@ fn headerless_audio_needs_its_format_named() {
         "headerless_alaw.bin",
         &["-t", "raw", "-r", "8000", "-c", "1", "-e", "a-law"],
     );
-    let (lines, out) = process(&[&raw], &["--beam-size", "1", "--raw-format", "alaw"]);
+    let (lines, out) = transcribe(&[&raw], &["--beam-size", "1", "--raw-format", "alaw"]);
     assert!(out.status.success());
     assert_heard(&lines[0], &EN);
 
-    let (stdout, out) = process_raw(&[&raw], &["--raw-format", "nonsense"]);
+    let (stdout, out) = transcribe_raw(&[&raw], &["--raw-format", "nonsense"]);
     assert_eq!(stdout, "");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("raw format"));
@@ -167,7 +167,7 @@ fn stereo_call_keeps_speakers_apart() {
             stereo.to_str().unwrap(),
         ],
     );
-    let (lines, out) = process(
+    let (lines, out) = transcribe(
         &[&stereo],
         &["--beam-size", "1", "--speakers", "agent,caller"],
     );
@@ -240,7 +240,7 @@ fn long_recordings_are_transcribed_to_the_end() {
             "3",
         ],
     );
-    let (lines, out) = process(&[&long], &["--beam-size", "1"]);
+    let (lines, out) = transcribe(&[&long], &["--beam-size", "1"]);
     assert!(
         out.status.success(),
         "{}",

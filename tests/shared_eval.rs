@@ -40,7 +40,7 @@ fn corrupt_set_ends_in_errors_or_results() {
     assert!(files.len() > 50, "corrupt set not found");
     let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     let started = Instant::now();
-    let (lines, out) = process(&paths, &["--beam-size", "1"]);
+    let (lines, out) = transcribe(&paths, &["--beam-size", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.code() == Some(0) || out.status.code() == Some(1));
@@ -99,7 +99,7 @@ fn asterisk_gsm_prompts_transcribe() {
         .map(|f| dir.join(f))
         .collect();
     let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    let (lines, out) = process(&paths, &["--beam-size", "1"]);
+    let (lines, out) = transcribe(&paths, &["--beam-size", "1"]);
     assert!(out.status.success());
     let expect = ["message", "goodbye", "hold"];
     for (line, word) in lines.iter().zip(expect) {

@@ -87,6 +87,30 @@ pub fn speech_wav(phrase: &Phrase) -> PathBuf {
     out
 }
 
+/// Speech for any text and espeak-ng voice as a 16-bit WAV named `name` (kept for the run).
+pub fn speak(name: &str, voice: &str, text: &str) -> PathBuf {
+    let out = workdir().join(name);
+    if !out.exists() {
+        let tmp = out.with_extension("tmp.wav");
+        tool(
+            "espeak-ng",
+            &["-v", voice, "-s", "125", "-g", "2", "-w", tmp.to_str().unwrap(), text],
+        );
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
+}
+
+/// Runs `companion` with arguments and returns (stdout, stderr, exit code) as text.
+pub fn companion_text(args: &[&str]) -> (String, String, Option<i32>) {
+    let out = companion(args);
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code(),
+    )
+}
+
 /// Encodes `src` with sox (extra args go before the output name).
 pub fn sox(src: &Path, name: &str, args: &[&str]) -> PathBuf {
     let out = workdir().join(name);
@@ -143,10 +167,20 @@ pub fn companion(args: &[&str]) -> Output {
         .expect("run companion")
 }
 
-/// Runs `companion process --format json` on files and parses one JSON object per file.
+/// Runs `companion transcribe --format json` (the speech stages) on files and parses one JSON
+/// object per file.
+pub fn transcribe(files: &[&Path], extra: &[&str]) -> (Vec<Value>, Output) {
+    run_json("transcribe", files, extra)
+}
+
+/// Runs `companion process --format json` (speech, then the language stages) on files.
 pub fn process(files: &[&Path], extra: &[&str]) -> (Vec<Value>, Output) {
+    run_json("process", files, extra)
+}
+
+fn run_json(command: &str, files: &[&Path], extra: &[&str]) -> (Vec<Value>, Output) {
     let model = asr_model();
-    let mut args = vec!["process", "--format", "json", "--asr-model", &model];
+    let mut args = vec![command, "--format", "json", "--asr-model", &model];
     args.extend_from_slice(extra);
     let names: Vec<&str> = files.iter().map(|f| f.to_str().unwrap()).collect();
     args.extend_from_slice(&names);
@@ -190,10 +224,10 @@ pub fn assert_heard(line: &Value, phrase: &Phrase) {
     );
 }
 
-/// Runs `companion process` without expecting a line per file (for runs refused at setup).
-pub fn process_raw(files: &[&Path], extra: &[&str]) -> (String, Output) {
+/// Runs `companion transcribe` without expecting a line per file (for runs refused at setup).
+pub fn transcribe_raw(files: &[&Path], extra: &[&str]) -> (String, Output) {
     let model = asr_model();
-    let mut args = vec!["process", "--asr-model", &model];
+    let mut args = vec!["transcribe", "--asr-model", &model];
     args.extend_from_slice(extra);
     args.extend(files.iter().map(|f| f.to_str().unwrap()));
     let out = companion(&args);

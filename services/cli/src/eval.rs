@@ -1,6 +1,10 @@
-//! `companion eval`: transcribe a labelled speech set and report word error rate per clip.
-//! The set is a MANIFEST.tsv with columns `file`, `language` and
-//! `reference_transcript_or_summary` (paths relative to the manifest).
+//! `companion eval FILE.tsv`: run a labelled set and report how well we did. Two kinds of set,
+//! told apart by their header (paths relative to the file):
+//! * speech (MANIFEST.tsv): `file`, `language`, `reference_transcript_or_summary` → word error
+//!   rate per clip;
+//! * voicemail intelligence: `file`, `lang`, `intents` (`|`-separated or `-`), `facts`
+//!   (`|`-separated or `-`) → language accuracy, fact recall, intent precision/recall/F1 and the
+//!   language model's tokens/s (see [`crate::eval_language`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,22 +14,26 @@ use clap::Args;
 use companion_core::metrics::{ErrorCount, char_errors, word_errors};
 use companion_pipeline::Input;
 
-use crate::process::PipelineArgs;
+use crate::process::{LanguageArgs, PipelineArgs};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// The labelled set's manifest.
+    /// The labelled set: a speech MANIFEST.tsv or a voicemail intelligence TSV.
     #[arg(
-        long,
         env = "COMPANION_EVAL_MANIFEST",
         default_value = "../shared/eval/MANIFEST.tsv"
     )]
     manifest: PathBuf,
-    /// Only clips whose path starts with this prefix (e.g. `speech/`).
+    /// Speech sets: only clips whose path starts with this prefix (e.g. `speech/`).
     #[arg(long, default_value = "speech/")]
     prefix: String,
+    /// Intelligence sets: the priority topics, a TSV of `name<TAB>description` lines.
+    #[arg(long, env = "COMPANION_INTENTS")]
+    intents: Option<PathBuf>,
     #[command(flatten)]
     pipeline: PipelineArgs,
+    #[command(flatten)]
+    language: LanguageArgs,
 }
 
 /// A clip with a single language and a full reference transcript.
@@ -78,6 +86,14 @@ fn parse_manifest(text: &str, prefix: &str) -> Result<Vec<Clip>> {
 pub fn run(args: EvalArgs, models_dir: &Path) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.manifest)
         .with_context(|| format!("cannot read {}", args.manifest.display()))?;
+    if crate::eval_language::is_language_set(&text) {
+        let intents = match &args.intents {
+            Some(path) => crate::process::read_intents(path)?,
+            None => bail!("an intelligence set needs its topics: --intents FILE.tsv"),
+        };
+        let pipeline = args.pipeline.pipeline(models_dir, Some(&args.language))?;
+        return crate::eval_language::run(&pipeline, &args.manifest, &text, intents);
+    }
     let clips = parse_manifest(&text, &args.prefix)?;
     if clips.is_empty() {
         bail!(
@@ -86,7 +102,7 @@ pub fn run(args: EvalArgs, models_dir: &Path) -> Result<ExitCode> {
         );
     }
     let root = args.manifest.parent().unwrap_or(Path::new("."));
-    let pipeline = args.pipeline.pipeline(models_dir)?;
+    let pipeline = args.pipeline.pipeline(models_dir, None)?;
     println!("clip\tlang\tdetected\tWER\terrors/words\tasr_ms\thypothesis");
     let (mut total, mut lang_ok, mut failed) = (ErrorCount::default(), 0usize, 0usize);
     for clip in &clips {
@@ -101,6 +117,7 @@ pub fn run(args: EvalArgs, models_dir: &Path) -> Result<ExitCode> {
                     extension: path.extension().and_then(|e| e.to_str()).map(str::to_owned),
                     bytes,
                     kind: None,
+                    context: Default::default(),
                 })?)
             });
         let processed = match processed {

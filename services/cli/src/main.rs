@@ -1,9 +1,12 @@
 //! `companion`: voicemail and call recordings to transcripts, locally.
 
 mod eval;
+mod eval_language;
 mod models_cmd;
 mod output;
+mod policy_cmd;
 mod process;
+mod text_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,11 +41,18 @@ enum LogFormat {
 enum Command {
     /// Decode, find speech, transcribe and identify the spoken language of each file.
     Transcribe(process::ProcessArgs),
-    /// Run the whole pipeline on each file and store the results.
+    /// Run the whole pipeline on each file (speech, then the tasks, summary, priority and
+    /// translation its user's policy allows) and store the results.
     Process(process::ProcessArgs),
     /// Fetch, list, verify and convert models.
     #[command(subcommand)]
     Models(models_cmd::ModelsCommand),
+    #[command(flatten)]
+    Admin(policy_cmd::AdminCommand),
+    /// Translate text (a file or standard input) with the local language model.
+    Translate(text_cmd::TranslateArgs),
+    /// Summarize a team SMS thread for an agent taking it over.
+    SummarizeSms(text_cmd::SummarizeSmsArgs),
     /// Transcribe a labelled speech set (MANIFEST.tsv) and report word error rates.
     Eval(eval::EvalArgs),
 }
@@ -66,9 +76,15 @@ fn main() -> ExitCode {
         .models_dir
         .unwrap_or_else(companion_models::ModelCache::default_dir);
     let outcome = match cli.command {
-        Command::Transcribe(args) | Command::Process(args) => process::run(args, &models_dir),
+        Command::Transcribe(args) => process::run(args, process::Mode::Transcribe, &models_dir),
+        Command::Process(args) => process::run(args, process::Mode::Process, &models_dir),
         Command::Models(cmd) => models_cmd::run(cmd, &models_dir).map(|()| ExitCode::SUCCESS),
+        Command::Admin(cmd) => policy_cmd::run(cmd).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(args, &models_dir),
+        Command::Translate(args) => text_cmd::translate(args, &models_dir).map(|()| ExitCode::SUCCESS),
+        Command::SummarizeSms(args) => {
+            text_cmd::summarize_sms(args, &models_dir).map(|()| ExitCode::SUCCESS)
+        }
     };
     match outcome {
         Ok(code) => code,

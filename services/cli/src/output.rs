@@ -125,11 +125,7 @@ mod tests {
                 seg(0.5, "agent", "Hello."),
                 seg(3661.25, "caller", "Hi."),
             ]),
-            translation: None,
-            summary: None,
-            tasks: vec![],
-            priority: None,
-            timings_ms: Default::default(),
+            ..Default::default()
         }
     }
 

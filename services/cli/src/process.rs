@@ -11,8 +11,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use companion_audio::RawFormat;
 use companion_core::{Classify, ErrorKind, ErrorReport, FailedRecording, RecordingKind};
-use companion_models::{ModelCache, resolve_asr_model};
-use companion_pipeline::{Input, Pipeline, PipelineConfig, PipelineError, Processed};
+use companion_core::Intent;
+use companion_core::policy::{EffectivePolicy, Level, Setting};
+use companion_language::{EMBEDDING_ROLE, LLM_ROLE, LanguageModels};
+use companion_models::{ModelCache, resolve_asr_model, resolve_model};
+use companion_pipeline::{
+    Input, Pipeline, PipelineConfig, PipelineError, Processed, RecordingContext,
+};
 use companion_speech::{SpeechModel, TranscribeOptions};
 use companion_store::{NewRecording, Outcome, Store};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -34,7 +39,9 @@ pub struct PipelineArgs {
     /// Languages detection may choose from, comma-separated (e.g. en,es,de,fr); default any.
     #[arg(long, env = "COMPANION_LANGUAGES", value_delimiter = ',')]
     pub languages: Vec<String>,
-    /// Translate speech into this language (Whisper's own task: `en`).
+    /// Translate into this language (ISO 639-1). `transcribe`: Whisper's own task, English only.
+    /// `process`: the transcript, summary and tasks through the LLM (English speech-to-text
+    /// through Whisper), unless a policy locked translation off.
     #[arg(long, env = "COMPANION_TRANSLATE_TO")]
     pub translate_to: Option<String>,
     /// Speaker labels of a stereo call's channels, comma-separated, in channel order.
@@ -58,7 +65,8 @@ pub struct PipelineArgs {
 
 impl PipelineArgs {
     /// Checks the options and builds the pipeline configuration (no model loaded yet).
-    pub fn config(&self) -> Result<PipelineConfig> {
+    /// `language_stages`: translation goes through the language stages, not Whisper's task.
+    pub fn config(&self, language_stages: bool) -> Result<PipelineConfig> {
         let mut config = PipelineConfig::default();
         config.decode.max_bytes = self.max_bytes;
         if !self.max_duration_s.is_finite() || self.max_duration_s <= 0.0 {
@@ -72,6 +80,7 @@ impl PipelineArgs {
             .transpose()?;
         let translate_to_english = match self.translate_to.as_deref() {
             None | Some("") => false,
+            Some(_) if language_stages => false,
             Some("en") => true,
             Some(other) => bail!(
                 "--translate-to {other}: speech translation goes to English only (--translate-to en)"
@@ -93,12 +102,45 @@ impl PipelineArgs {
         Ok(config)
     }
 
-    /// Loads the Whisper model once and builds the pipeline.
-    pub fn pipeline(&self, models_dir: &Path) -> Result<Pipeline> {
-        let config = self.config()?;
-        let path = resolve_asr_model(&self.asr_model, &ModelCache::new(models_dir))?;
+    /// Loads the Whisper model once and builds the pipeline; with `language`, the language
+    /// stages too (their models load on first use).
+    pub fn pipeline(&self, models_dir: &Path, language: Option<&LanguageArgs>) -> Result<Pipeline> {
+        let config = self.config(language.is_some())?;
+        let cache = ModelCache::new(models_dir);
+        // Resolve every model first: a missing one is a setup error before any work starts.
+        let language_models = language
+            .map(|l| l.models(&cache, self.threads.map(|t| t as usize)))
+            .transpose()?;
+        let path = resolve_asr_model(&self.asr_model, &cache)?;
         let model = SpeechModel::load(&path)?;
-        Ok(Pipeline::new(Arc::new(model), config)?)
+        let pipeline = Pipeline::new(Arc::new(model), config)?;
+        Ok(match language_models {
+            Some(models) => pipeline.with_language(Arc::new(models)),
+            None => pipeline,
+        })
+    }
+}
+
+/// The language stages' models, shared by `process` and `eval`.
+#[derive(Args, Clone, Debug)]
+pub struct LanguageArgs {
+    /// Chat model for tasks, summaries and translation: a name from `companion models list` or
+    /// the path of a GGUF file.
+    #[arg(long, env = "COMPANION_LLM_MODEL", default_value = DEFAULT_LLM)]
+    pub llm_model: String,
+    /// Sentence embedding model for priority topics: a name or a directory.
+    #[arg(long, env = "COMPANION_EMBEDDING_MODEL", default_value = "all-minilm-l6-v2")]
+    pub embedding_model: String,
+}
+
+/// The default chat model (see docs/BENCHMARKS.md for the speed and quality behind the choice).
+pub const DEFAULT_LLM: &str = "qwen2.5-0.5b";
+
+impl LanguageArgs {
+    fn models(&self, cache: &ModelCache, threads: Option<usize>) -> Result<LanguageModels> {
+        let llm = resolve_model(&self.llm_model, LLM_ROLE, cache)?;
+        let embedder = resolve_model(&self.embedding_model, EMBEDDING_ROLE, cache)?;
+        Ok(LanguageModels::new(llm, embedder, threads))
     }
 }
 
@@ -124,13 +166,31 @@ pub struct ProcessArgs {
     /// Treat recordings as voicemails or calls (default: stereo files are calls).
     #[arg(long, env = "COMPANION_KIND", value_enum)]
     kind: Option<KindArg>,
-    /// The user the recordings belong to.
+    /// The user the recordings belong to: their policy, preferred language and priority topics
+    /// come from the store (`companion policy|user|intents`).
     #[arg(long, env = "COMPANION_USER")]
     user: Option<String>,
+    /// Tenant of the user in the store.
+    #[arg(long, env = "COMPANION_TENANT", default_value = "local")]
+    tenant: String,
+    /// Priority topics for these recordings instead of the user's: a TSV file, one
+    /// `name<TAB>description` a line.
+    #[arg(long, env = "COMPANION_INTENTS")]
+    intents: Option<PathBuf>,
+    #[command(flatten)]
+    language: LanguageArgs,
 }
 
-pub fn run(args: ProcessArgs, models_dir: &Path) -> Result<ExitCode> {
-    let pipeline = args.pipeline.pipeline(models_dir)?;
+/// `transcribe` stops after speech; `process` runs the language stages too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Transcribe,
+    Process,
+}
+
+pub fn run(args: ProcessArgs, mode: Mode, models_dir: &Path) -> Result<ExitCode> {
+    let language = (mode == Mode::Process).then_some(&args.language);
+    let pipeline = args.pipeline.pipeline(models_dir, language)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -138,6 +198,10 @@ pub fn run(args: ProcessArgs, models_dir: &Path) -> Result<ExitCode> {
     let store = runtime
         .block_on(Store::open(&args.db))
         .with_context(|| format!("cannot open the result store {}", args.db))?;
+    let context = match mode {
+        Mode::Process => runtime.block_on(recording_context(&args, &store))?,
+        Mode::Transcribe => RecordingContext::default(),
+    };
     let kind = args.kind.map(|k| match k {
         KindArg::Voicemail => RecordingKind::Voicemail,
         KindArg::Call => RecordingKind::Call,
@@ -163,6 +227,7 @@ pub fn run(args: ProcessArgs, models_dir: &Path) -> Result<ExitCode> {
             path,
             kind,
             args.user.as_deref(),
+            &context,
         ) {
             Ok(processed) => render(args.format, &processed.result, index),
             Err(report) => {
@@ -206,6 +271,7 @@ fn process_one(
     path: &Path,
     kind: Option<RecordingKind>,
     user: Option<&str>,
+    context: &RecordingContext,
 ) -> Result<Processed, FailedRecording> {
     let file = path.display().to_string();
     let fail = |kind: ErrorKind, message: String| FailedRecording {
@@ -233,6 +299,7 @@ fn process_one(
         extension: path.extension().and_then(|e| e.to_str()).map(str::to_owned),
         bytes,
         kind,
+        context: context.clone(),
     };
     let outcome = pipeline.process(input);
     // Store what happened, success or failure, under the recording.
@@ -270,4 +337,62 @@ fn process_one(
         .timings_ms
         .insert("store".into(), store_started.elapsed().as_millis() as u64);
     Ok(processed)
+}
+
+/// The user's effective policy, topics and translation target from the store, with the command
+/// line's `--translate-to`, `--languages` and `--intents` applied as the user's own choices: a
+/// setting an administrator locked above the user stays as locked.
+async fn recording_context(args: &ProcessArgs, store: &Store) -> Result<RecordingContext> {
+    let tenant = args.tenant.as_str();
+    let (mut policy, profile, mut intents) = match args.user.as_deref() {
+        Some(user) => {
+            let (policy, profile) = store.effective_policy(tenant, user).await?;
+            (policy, profile, store.intents(tenant, user).await?)
+        }
+        None => (EffectivePolicy::default(), None, Vec::new()),
+    };
+    if let Some(path) = &args.intents {
+        intents = read_intents(path)?;
+    }
+    let languages: Vec<String> = args
+        .pipeline
+        .languages
+        .iter()
+        .map(|l| l.trim().to_ascii_lowercase())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if !languages.is_empty() {
+        if locked_above_user(&policy, Setting::LanguageAllowlist) {
+            tracing::warn!("--languages ignored: the language allowlist is locked by policy");
+        } else {
+            policy.language_allowlist = languages;
+        }
+    }
+    let preferred = profile.as_ref().and_then(|p| p.preferred_language.as_deref());
+    let mut translate_to = policy.translation_target(preferred);
+    if let Some(target) = args.pipeline.translate_to.as_deref().filter(|t| !t.is_empty()) {
+        if locked_above_user(&policy, Setting::Translation) && !policy.translation.enabled {
+            bail!("--translate-to {target}: translation is turned off and locked by policy");
+        }
+        translate_to = Some(companion_core::policy::language_code(target)?);
+    }
+    Ok(RecordingContext {
+        policy,
+        intents,
+        translate_to,
+    })
+}
+
+fn locked_above_user(policy: &EffectivePolicy, setting: Setting) -> bool {
+    policy
+        .source(setting)
+        .is_some_and(|s| s.locked && s.level < Level::User)
+}
+
+/// Reads an intents TSV: `name<TAB>description` per line; blank lines and `#` comments skipped.
+pub fn read_intents(path: &Path) -> Result<Vec<Intent>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read intents file {}", path.display()))?;
+    crate::policy_cmd::parse_intents_tsv(&text)
+        .with_context(|| format!("intents file {}", path.display()))
 }

@@ -51,3 +51,22 @@ pub struct Priority {
     /// Matches, best first.
     pub matches: Vec<IntentMatch>,
 }
+
+/// One text message of a team SMS conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmsMessage {
+    pub sender: String,
+    /// When it was sent, as the thread gives it (RFC 3339 is typical).
+    #[serde(default)]
+    pub time: Option<String>,
+    pub text: String,
+}
+
+/// What an agent taking over a team SMS conversation needs first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadSummary {
+    /// Two or three sentences.
+    pub summary: String,
+    /// The question or request still waiting for an answer, if any.
+    pub open_question: Option<String>,
+}

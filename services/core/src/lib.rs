@@ -1,10 +1,14 @@
 //! Domain types shared by every companion crate: recordings, transcripts, results and the
 //! error kinds users see. This crate does no I/O.
 
+pub mod facts;
 pub mod insights;
 pub mod metrics;
+pub mod policy;
 
-pub use insights::{CallSummary, Intent, IntentMatch, Priority, Task};
+pub use insights::{
+    CallSummary, Intent, IntentMatch, Priority, SmsMessage, Task, ThreadSummary,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,7 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// A spoken (or written) language with the model's confidence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Language {
     /// ISO 639-1 code as Whisper names it (`en`, `es`, ...).
     pub code: String,
@@ -66,12 +70,20 @@ pub fn join_text<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Translation {
+    /// The language translated into.
     pub language: String,
+    /// The transcript, translated.
     pub text: String,
+    /// The call summary, translated (calls whose policy asked for a summary).
+    #[serde(default)]
+    pub summary: Option<CallSummary>,
+    /// The voicemail tasks, translated (voicemails whose policy asked for tasks).
+    #[serde(default)]
+    pub tasks: Option<Vec<Task>>,
 }
 
 /// Everything the pipeline produced for one recording. Serialises to the CLI's JSON line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RecordingResult {
     pub file: String,
     pub recording_id: String,
@@ -80,11 +92,30 @@ pub struct RecordingResult {
     pub language: Option<Language>,
     pub transcript: Transcript,
     pub translation: Option<Translation>,
-    pub summary: Option<serde_json::Value>,
-    pub tasks: Vec<serde_json::Value>,
-    pub priority: Option<serde_json::Value>,
+    /// Calls: the recap, next steps and summary; `None` for voicemails or when policy is off.
+    pub summary: Option<CallSummary>,
+    /// Voicemails: what the caller asks for; `None` for calls or when policy is off.
+    pub tasks: Option<Vec<Task>>,
+    /// Voicemails: matches against the user's priority topics; `None` when policy is off.
+    pub priority: Option<Priority>,
+    /// Language model work for this recording (absent when no language stage ran).
+    #[serde(default)]
+    pub llm: Option<LlmStats>,
+    /// Stages that ran but gave no usable output (their field stays `None`), as `stage: reason`.
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// Wall time per stage in milliseconds (`decode`, `vad`, `asr`, `store`, ...).
     pub timings_ms: BTreeMap<String, u64>,
+}
+
+/// Tokens the language model read and wrote for one recording, and how fast.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LlmStats {
+    pub calls: usize,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prompt_tokens_per_s: f64,
+    pub generate_tokens_per_s: f64,
 }
 
 /// What went wrong, as users and APIs see it. Stable names: they appear in JSON and job rows.

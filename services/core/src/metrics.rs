@@ -20,6 +20,15 @@ pub fn normalize_words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Like [`normalize_words`], but numbers compare as numbers: spoken numbers become digits
+/// ([`crate::facts::normalize_numbers`]) and every run of digits joined by spaces or phone
+/// punctuation is one token, so "one two three", "1, 2, 3" and "123" all give `["123"]`,
+/// and "five five five zero one four two" matches "555-0142".
+pub fn normalize_words_with_numbers(text: &str) -> Vec<String> {
+    let spoken = crate::facts::normalize_numbers(text);
+    normalize_words(&crate::facts::join_digit_runs(&spoken))
+}
+
 /// Edit distance between two token sequences (substitutions, insertions, deletions).
 pub fn edit_distance<T: PartialEq>(reference: &[T], hypothesis: &[T]) -> usize {
     let mut prev: Vec<usize> = (0..=hypothesis.len()).collect();
@@ -73,6 +82,18 @@ pub fn word_errors(reference: &str, hypothesis: &str) -> ErrorCount {
     }
 }
 
+/// Word errors like [`word_errors`], with numbers compared as numbers
+/// ([`normalize_words_with_numbers`]): a number written as digits on one side and as
+/// words on the other is no error.
+pub fn word_errors_with_numbers(reference: &str, hypothesis: &str) -> ErrorCount {
+    let r = normalize_words_with_numbers(reference);
+    let h = normalize_words_with_numbers(hypothesis);
+    ErrorCount {
+        errors: edit_distance(&r, &h),
+        reference_len: r.len(),
+    }
+}
+
 /// Character errors (for scripts written without spaces: Chinese, Japanese).
 pub fn char_errors(reference: &str, hypothesis: &str) -> ErrorCount {
     let chars = |s: &str| -> Vec<char> { normalize_words(s).concat().chars().collect() };
@@ -102,6 +123,36 @@ mod tests {
         assert_eq!(word_errors("a b", "a b c d").rate(), 1.0);
         assert_eq!(word_errors("", "").rate(), 0.0);
         assert_eq!(word_errors("", "noise").rate(), 1.0);
+    }
+
+    #[test]
+    fn numbers_compare_as_numbers() {
+        let one_two_three = normalize_words_with_numbers("one two three");
+        assert_eq!(one_two_three, ["123"]);
+        assert_eq!(normalize_words_with_numbers("1, 2, 3"), one_two_three);
+        assert_eq!(normalize_words_with_numbers("123"), one_two_three);
+        assert_eq!(
+            normalize_words_with_numbers("Twenty-three dollars at 3:30 p.m."),
+            ["23", "dollars", "at", "330", "p", "m"]
+        );
+        assert_eq!(
+            word_errors_with_numbers(
+                "call me at five five five zero one four two",
+                "Call me at 555-0142."
+            )
+            .errors,
+            0
+        );
+        assert_eq!(
+            word_errors_with_numbers("dreiundzwanzig Euro", "23 Euro").errors,
+            0
+        );
+        assert_eq!(
+            word_errors_with_numbers("call 555-0142", "call 555-0143").errors,
+            1
+        );
+        // The plain measure still counts the spelling difference.
+        assert_eq!(word_errors("one two three", "123").errors, 3);
     }
 
     #[test]

@@ -59,6 +59,14 @@ pub enum Error {
     #[error("invalid model configuration {path}: {problem}")]
     Config { path: PathBuf, problem: String },
 
+    /// The model's answer could not be parsed into the structure asked for, twice.
+    #[error("the model gave no usable answer: {problem}")]
+    Unstructured { problem: String },
+
+    /// A caller-supplied input is invalid (empty text, unknown language...).
+    #[error("{0}")]
+    InvalidInput(String),
+
     /// Resolving a model by name in the model cache failed (unknown name,
     /// wrong role, not installed: the message says which `companion models
     /// fetch` to run).

@@ -28,20 +28,40 @@
 mod chat;
 mod embed;
 mod error;
+pub mod generate;
 pub mod llm;
+mod models;
+pub mod priority;
+pub mod prompt;
 mod resolve;
+pub mod sms;
+pub mod summary;
+pub mod tasks;
+pub mod textlang;
 mod threads;
 mod tokenizer;
+pub mod translate;
 
 pub use chat::{ChatTemplate, IM_END, IM_START, Message, Role};
 pub use embed::{
     CONFIG_FILE, Embedder, MAX_TOKENS as EMBED_MAX_TOKENS, TOKENIZER_FILE, WEIGHTS_FILE, cosine,
 };
 pub use error::{Error, Result};
+pub use generate::{Structured, TextGenerator, Usage, Validate, structured, structured_with};
 pub use llm::{GenerateOptions, Generation, Llm, LlmInfo, LoadOptions, PREFILL_CHUNK, StopReason};
+pub use models::{LanguageModels, Loaded};
+pub use priority::{
+    DEFAULT_INTENT_THRESHOLD, IntentMatcher, IntentScore, SentenceEncoder, calibrate,
+    split_sentences,
+};
 pub use resolve::{EMBEDDING_ROLE, LLM_ROLE, installed_model, resolve_model};
+pub use sms::{ThreadSummaryOutput, summarize_thread};
+pub use summary::{SummaryOutput, call_summary};
+pub use tasks::{VoicemailTasks, voicemail_tasks};
+pub use textlang::{detect_text_language, language_name};
 pub use threads::{compute_threads, configure_threads};
 pub use tokenizer::{
     GgufVocab, LLAMA3_PATTERN, LlmTokenizer, PreTokenizerKind, QWEN2_PATTERN,
     gpt2_bytes_to_unicode, token_type,
 };
+pub use translate::{TextTranslation, translate_items, translate_text};

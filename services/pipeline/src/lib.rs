@@ -1,6 +1,11 @@
 //! The recording pipeline: bytes in, [`RecordingResult`] out. Decode ▸ resample ▸ VAD ▸ Whisper
-//! per channel ▸ speakers merged by time. Synchronous and CPU-bound: callers run it on a
-//! blocking thread. The model is shared; everything else is per call.
+//! per channel ▸ speakers merged by time ▸ the language stages the recording's policy allows
+//! (tasks, summary, priority, translation). Synchronous and CPU-bound: callers run it on a
+//! blocking thread. Models are shared; everything else is per call.
+
+mod language;
+
+pub use language::RecordingContext;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +17,7 @@ use companion_core::{
     Classify, ErrorKind, Language, RecordingKind, RecordingResult, Segment, Transcript,
     Translation, join_text,
 };
+use companion_language::{Error as LanguageError, LanguageModels};
 use companion_speech::{Recognition, SpeechError, SpeechModel, TranscribeOptions};
 use sha2::{Digest, Sha256};
 use tracing::{info, info_span};
@@ -22,6 +28,8 @@ pub enum PipelineError {
     Audio(#[from] AudioError),
     #[error(transparent)]
     Speech(#[from] SpeechError),
+    #[error("language model: {0}")]
+    Language(#[from] LanguageError),
     #[error("{0}")]
     InvalidArgument(String),
 }
@@ -31,6 +39,8 @@ impl Classify for PipelineError {
         match self {
             PipelineError::Audio(e) => e.kind(),
             PipelineError::Speech(e) => e.kind(),
+            PipelineError::Language(LanguageError::InvalidInput(_)) => ErrorKind::InvalidArgument,
+            PipelineError::Language(_) => ErrorKind::Model,
             PipelineError::InvalidArgument(_) => ErrorKind::InvalidArgument,
         }
     }
@@ -69,6 +79,8 @@ pub struct Input {
     pub bytes: Vec<u8>,
     /// Voicemail or call; `None` lets the channel count decide (stereo = call).
     pub kind: Option<RecordingKind>,
+    /// The user's policy, topics and translation target.
+    pub context: RecordingContext,
 }
 
 /// A processed recording and the kind it was treated as.
@@ -93,6 +105,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 pub struct Pipeline {
     speech: Arc<SpeechModel>,
+    /// `None`: transcription only; no language stage runs.
+    language: Option<Arc<LanguageModels>>,
     config: PipelineConfig,
 }
 
@@ -106,8 +120,12 @@ impl Timer {
         let started = Instant::now();
         let _span = info_span!("stage", stage).entered();
         let out = f();
-        *self.timings.entry(stage.to_string()).or_default() += started.elapsed().as_millis() as u64;
+        self.add(stage, started.elapsed().as_millis() as u64);
         out
+    }
+
+    fn add(&mut self, stage: &str, ms: u64) {
+        *self.timings.entry(stage.to_string()).or_default() += ms;
     }
 }
 
@@ -122,7 +140,17 @@ impl Pipeline {
                 "speaker labels must not be empty".into(),
             ));
         }
-        Ok(Pipeline { speech, config })
+        Ok(Pipeline {
+            speech,
+            language: None,
+            config,
+        })
+    }
+
+    /// Adds the language stages (tasks, summary, priority, translation) with these models.
+    pub fn with_language(mut self, models: Arc<LanguageModels>) -> Pipeline {
+        self.language = Some(models);
+        self
     }
 
     pub fn config(&self) -> &PipelineConfig {
@@ -164,10 +192,12 @@ impl Pipeline {
         });
         drop(channels);
 
+        let context = &input.context;
+        let transcribe = self.transcribe_options(context, kind);
         let recognitions = timer.time("asr", || {
             speech
                 .iter()
-                .map(|s| self.speech.recognize(&s.samples, &self.config.transcribe))
+                .map(|s| self.speech.recognize(&s.samples, &transcribe))
                 .collect::<Result<Vec<Recognition>, SpeechError>>()
         })?;
 
@@ -201,7 +231,26 @@ impl Pipeline {
         } else {
             None
         };
-        let translation = self.translation(&language, english, &transcript);
+        let english = (!english.is_empty()).then(|| Transcript::from_segments(english).text);
+        let mut result = RecordingResult {
+            file: input.file,
+            recording_id,
+            duration_s,
+            speech: speech_found,
+            language,
+            transcript,
+            ..Default::default()
+        };
+        match &self.language {
+            Some(models) => language::LanguageStages {
+                models,
+                context,
+                kind,
+                english,
+            }
+            .run(&mut result, &mut timer)?,
+            None => result.translation = self.whisper_translation(&result, english),
+        }
 
         timer
             .timings
@@ -209,47 +258,47 @@ impl Pipeline {
         info!(
             duration_s,
             speech = speech_found,
-            language = language.as_ref().map(|l| l.code.as_str()),
+            language = result.language.as_ref().map(|l| l.code.as_str()),
             total_ms = timer.timings["total"],
             "recording processed"
         );
-        Ok(Processed {
-            result: RecordingResult {
-                file: input.file,
-                recording_id,
-                duration_s,
-                speech: speech_found,
-                language,
-                transcript,
-                translation,
-                summary: None,
-                tasks: Vec::new(),
-                priority: None,
-                timings_ms: timer.timings,
-            },
-            kind,
-        })
+        result.timings_ms = timer.timings;
+        Ok(Processed { result, kind })
     }
 
-    /// The English translation when it was asked for: Whisper's translate output, or the
-    /// transcript itself when the speech already is English.
-    fn translation(
+    /// Whisper's options for one recording: the policy's language allowlist when it has one,
+    /// and its translate task when an English rendering will be used.
+    fn transcribe_options(&self, context: &RecordingContext, kind: RecordingKind) -> TranscribeOptions {
+        let mut options = self.config.transcribe.clone();
+        if !context.policy.language_allowlist.is_empty() {
+            options.languages = context.policy.language_allowlist.clone();
+        }
+        if self.language.is_some() && context.wants_english(kind) {
+            options.translate_to_english = true;
+        }
+        options
+    }
+
+    /// Transcription only (`transcribe`): Whisper's English translation when it was asked for,
+    /// or the transcript itself when the speech already is English.
+    fn whisper_translation(
         &self,
-        language: &Option<Language>,
-        english: Vec<Segment>,
-        transcript: &Transcript,
+        result: &RecordingResult,
+        english: Option<String>,
     ) -> Option<Translation> {
-        if !self.config.transcribe.translate_to_english || transcript.segments.is_empty() {
+        if !self.config.transcribe.translate_to_english || !result.speech {
             return None;
         }
-        let text = if language.as_ref().is_some_and(|l| l.code == "en") {
-            transcript.text.clone()
+        let text = if result.language.as_ref().is_some_and(|l| l.code == "en") {
+            result.transcript.text.clone()
         } else {
-            Transcript::from_segments(english).text
+            english.unwrap_or_default()
         };
         Some(Translation {
             language: "en".into(),
             text,
+            summary: None,
+            tasks: None,
         })
     }
 }

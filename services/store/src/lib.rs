@@ -4,6 +4,10 @@
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod policy;
+
+pub use policy::PolicyStoreError;
+
 use companion_core::{Classify, ErrorKind, ErrorReport, RecordingKind, RecordingResult};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -269,11 +273,7 @@ mod tests {
                 text: text.into(),
                 segments: vec![],
             },
-            translation: None,
-            summary: None,
-            tasks: vec![],
-            priority: None,
-            timings_ms: Default::default(),
+            ..Default::default()
         }
     }
 

@@ -1,0 +1,325 @@
+//! The seam between the language features and the model that writes text, and the JSON
+//! discipline every structured answer goes through.
+//!
+//! Features ask for JSON, [`structured`] parses it into a typed value and validates it; on a
+//! failure the model sees its own answer and the reason once more and gets one retry. Free model
+//! text never reaches users as structured data: a second failure is an error.
+
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+use tracing::{debug, warn};
+
+use crate::chat::Message;
+use crate::error::{Error, Result};
+use crate::llm::{GenerateOptions, Generation, Llm};
+
+/// Anything that answers a chat greedily: the real [`Llm`], or a scripted fake in tests.
+pub trait TextGenerator: Send + Sync {
+    fn chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Generation>;
+}
+
+impl TextGenerator for Llm {
+    fn chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Generation> {
+        Llm::chat(self, messages, options)
+    }
+}
+
+/// Model time spent on one feature, summed over its calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub calls: usize,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prompt_ms: f64,
+    pub generate_ms: f64,
+}
+
+impl Usage {
+    pub fn add(&mut self, generation: &Generation) {
+        self.calls += 1;
+        self.prompt_tokens += generation.prompt_tokens;
+        self.generated_tokens += generation.generated_tokens;
+        self.prompt_ms += generation.prompt_ms;
+        self.generate_ms += generation.generate_ms;
+    }
+
+    pub fn merge(&mut self, other: &Usage) {
+        self.calls += other.calls;
+        self.prompt_tokens += other.prompt_tokens;
+        self.generated_tokens += other.generated_tokens;
+        self.prompt_ms += other.prompt_ms;
+        self.generate_ms += other.generate_ms;
+    }
+
+    /// Generation speed over all calls (single-token steps per second).
+    pub fn generate_tokens_per_sec(&self) -> f64 {
+        let steps = self.generated_tokens.saturating_sub(self.calls);
+        if self.generate_ms > 0.0 {
+            steps as f64 * 1000.0 / self.generate_ms
+        } else {
+            0.0
+        }
+    }
+
+    /// Prompt processing speed over all calls.
+    pub fn prompt_tokens_per_sec(&self) -> f64 {
+        if self.prompt_ms > 0.0 {
+            self.prompt_tokens as f64 * 1000.0 / self.prompt_ms
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A value a model wrote that passed parsing and validation.
+#[derive(Debug, Clone)]
+pub struct Structured<T> {
+    pub value: T,
+    pub usage: Usage,
+    /// The first answer failed and the retry succeeded.
+    pub repaired: bool,
+}
+
+/// Checks a parsed answer beyond its shape (non-empty fields, placeholder text...).
+pub trait Validate {
+    /// `Err` names what is wrong, in words the model can act on.
+    fn validate(&self) -> std::result::Result<(), String>;
+}
+
+/// Generates, parses and validates a JSON answer, retrying once with the error shown to the model.
+pub fn structured<T: DeserializeOwned + Validate>(
+    generator: &dyn TextGenerator,
+    messages: &[Message],
+    options: &GenerateOptions,
+) -> Result<Structured<T>> {
+    structured_with(generator, messages, options, T::validate)
+}
+
+/// [`structured`] with a check that needs context (an expected length, the input it answers).
+pub fn structured_with<T: DeserializeOwned>(
+    generator: &dyn TextGenerator,
+    messages: &[Message],
+    options: &GenerateOptions,
+    validate: impl Fn(&T) -> std::result::Result<(), String>,
+) -> Result<Structured<T>> {
+    let mut usage = Usage::default();
+    let started = Instant::now();
+    let first = generator.chat(messages, options)?;
+    usage.add(&first);
+    let problem = match parse::<T>(&first.text, &validate) {
+        Ok(value) => {
+            debug!(
+                ms = started.elapsed().as_millis() as u64,
+                "structured answer"
+            );
+            return Ok(Structured {
+                value,
+                usage,
+                repaired: false,
+            });
+        }
+        Err(problem) => problem,
+    };
+    warn!(%problem, "model answer rejected; retrying once");
+    let mut retry = messages.to_vec();
+    retry.push(Message::assistant(first.text.clone()));
+    retry.push(Message::user(format!(
+        "That answer is not usable: {problem}. Reply again with the corrected JSON only."
+    )));
+    let second = generator.chat(&retry, options)?;
+    usage.add(&second);
+    match parse::<T>(&second.text, &validate) {
+        Ok(value) => Ok(Structured {
+            value,
+            usage,
+            repaired: true,
+        }),
+        Err(problem) => Err(Error::Unstructured { problem }),
+    }
+}
+
+fn parse<T: DeserializeOwned>(
+    text: &str,
+    validate: &impl Fn(&T) -> std::result::Result<(), String>,
+) -> std::result::Result<T, String> {
+    let json = extract_json(text).ok_or_else(|| "it contains no JSON object".to_string())?;
+    let value: T = serde_json::from_str(json).map_err(|e| format!("invalid JSON ({e})"))?;
+    validate(&value)?;
+    Ok(value)
+}
+
+/// The first balanced JSON object or array in `text`: models wrap JSON in code fences or add a
+/// sentence around it.
+pub fn extract_json(text: &str) -> Option<&str> {
+    let start = text.find(['{', '['])?;
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in bytes.iter().enumerate().skip(start) {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&text[start..=i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Text a model wrote for a field that should hold nothing: `null` spelled out, placeholders.
+pub fn is_blank(text: &str) -> bool {
+    let t = text.trim().trim_matches(|c| c == '"' || c == '.');
+    t.is_empty()
+        || matches!(
+            t.to_ascii_lowercase().as_str(),
+            "null" | "none" | "n/a" | "na" | "unknown" | "-" | "not mentioned" | "not specified"
+        )
+        || (t.starts_with('<') && t.ends_with('>'))
+}
+
+/// Trims a field and turns blanks into `None`.
+pub fn clean_field(field: Option<String>) -> Option<String> {
+    field.map(|f| f.trim().to_string()).filter(|f| !is_blank(f))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Mutex;
+
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::llm::StopReason;
+
+    /// Answers with scripted replies in order and records the prompts it saw.
+    pub struct Scripted {
+        replies: Mutex<Vec<String>>,
+        pub seen: Mutex<Vec<Vec<Message>>>,
+    }
+
+    impl Scripted {
+        pub fn new(replies: &[&str]) -> Self {
+            Scripted {
+                replies: Mutex::new(replies.iter().rev().map(|r| r.to_string()).collect()),
+                seen: Mutex::new(Vec::new()),
+            }
+        }
+
+        pub fn calls(&self) -> usize {
+            self.seen.lock().unwrap().len()
+        }
+    }
+
+    impl TextGenerator for Scripted {
+        fn chat(&self, messages: &[Message], _: &GenerateOptions) -> Result<Generation> {
+            self.seen.lock().unwrap().push(messages.to_vec());
+            let text = self
+                .replies
+                .lock()
+                .unwrap()
+                .pop()
+                .expect("the test scripted too few replies");
+            Ok(Generation {
+                generated_tokens: text.len() / 4 + 1,
+                text,
+                prompt_tokens: 100,
+                prompt_ms: 10.0,
+                generate_ms: 10.0,
+                stop: StopReason::EndOfTurn,
+            })
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Answer {
+        name: String,
+    }
+
+    impl Validate for Answer {
+        fn validate(&self) -> std::result::Result<(), String> {
+            if self.name.trim().is_empty() {
+                return Err("\"name\" is empty".into());
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_is_found_inside_fences_and_prose() {
+        assert_eq!(
+            extract_json("Sure!\n```json\n{\"a\": \"}\", \"b\": [1, {\"c\": 2}]}\n```"),
+            Some("{\"a\": \"}\", \"b\": [1, {\"c\": 2}]}")
+        );
+        assert_eq!(extract_json("[1, 2] and more"), Some("[1, 2]"));
+        assert_eq!(extract_json("{\"unterminated\": 1"), None);
+        assert_eq!(extract_json("no json"), None);
+    }
+
+    #[test]
+    fn a_good_answer_is_taken_as_is() {
+        let model = Scripted::new(&["{\"name\": \"Ana\"}"]);
+        let out: Structured<Answer> =
+            structured(&model, &[Message::user("q")], &GenerateOptions::default()).unwrap();
+        assert_eq!(out.value.name, "Ana");
+        assert!(!out.repaired);
+        assert_eq!(out.usage.calls, 1);
+    }
+
+    #[test]
+    fn a_broken_answer_is_retried_once_with_the_reason() {
+        let model = Scripted::new(&["{\"name\": \"Ana\"", "```json\n{\"name\": \"Ana\"}\n```"]);
+        let out: Structured<Answer> =
+            structured(&model, &[Message::user("q")], &GenerateOptions::default()).unwrap();
+        assert!(out.repaired);
+        assert_eq!(out.usage.calls, 2);
+        let retry = &model.seen.lock().unwrap()[1];
+        assert_eq!(retry.len(), 3);
+        assert!(
+            retry[2].content.contains("no JSON object"),
+            "{:?}",
+            retry[2]
+        );
+    }
+
+    #[test]
+    fn an_invalid_answer_twice_is_an_error_not_free_text() {
+        let model = Scripted::new(&["{\"name\": \"\"}", "Ana is the name."]);
+        let out = structured::<Answer>(&model, &[Message::user("q")], &GenerateOptions::default());
+        assert!(matches!(out, Err(Error::Unstructured { .. })), "{out:?}");
+        let retry = &model.seen.lock().unwrap()[1];
+        assert!(retry[2].content.contains("\"name\" is empty"));
+    }
+
+    #[test]
+    fn blanks_are_recognised() {
+        for blank in [
+            "",
+            " null ",
+            "N/A",
+            "<phone>",
+            "\"unknown\"",
+            "Not mentioned.",
+        ] {
+            assert!(is_blank(blank), "{blank}");
+        }
+        assert!(!is_blank("555 0142"));
+        assert_eq!(clean_field(Some(" Ana ".into())), Some("Ana".into()));
+        assert_eq!(clean_field(Some("none".into())), None);
+    }
+}
