@@ -26,8 +26,16 @@ fn labelled_set() -> PathBuf {
             (f[0], f[1], f[2], f[3], f[4], f[5], f[6]);
         let wav = speak(&format!("{id}_speech.wav"), voice, text);
         let name = match codec {
-            "ulaw" => sox(&wav, &format!("{id}.wav"), &["-r", "8000", "-c", "1", "-e", "u-law"]),
-            "alaw" => sox(&wav, &format!("{id}.wav"), &["-r", "8000", "-c", "1", "-e", "a-law"]),
+            "ulaw" => sox(
+                &wav,
+                &format!("{id}.wav"),
+                &["-r", "8000", "-c", "1", "-e", "u-law"],
+            ),
+            "alaw" => sox(
+                &wav,
+                &format!("{id}.wav"),
+                &["-r", "8000", "-c", "1", "-e", "a-law"],
+            ),
             "gsm" => sox(&wav, &format!("{id}.gsm"), &["-r", "8000", "-c", "1"]),
             _ => sox(&wav, &format!("{id}.wav"), &["-r", "16000", "-c", "1"]),
         };
@@ -56,7 +64,10 @@ fn eval_table(stdout: &str) -> (Vec<Vec<String>>, String) {
 }
 
 fn number_after(total: &str, label: &str) -> f64 {
-    let rest = &total[total.find(label).unwrap_or_else(|| panic!("{label} in {total}")) + label.len()..];
+    let rest = &total[total
+        .find(label)
+        .unwrap_or_else(|| panic!("{label} in {total}"))
+        + label.len()..];
     rest.trim_start()
         .split(|c: char| !(c.is_ascii_digit() || c == '.'))
         .next()
@@ -99,7 +110,12 @@ fn labelled_voicemails_get_their_tasks_and_topics() {
     assert!(number_after(&total, "language") >= 8.0, "{total}");
     assert!(number_after(&total, "F1") >= 0.7, "{total}");
     let facts = &total[total.find("facts").unwrap()..];
-    let (found, all) = facts[6..].split_once(' ').unwrap().0.split_once('/').unwrap();
+    let (found, all) = facts[6..]
+        .split_once(' ')
+        .unwrap()
+        .0
+        .split_once('/')
+        .unwrap();
     let (found, all): (f64, f64) = (found.parse().unwrap(), all.parse().unwrap());
     assert!(found / all >= 0.6, "{total}");
 }
@@ -112,7 +128,11 @@ fn silence_is_nothing_to_do_and_costs_no_model_time() {
         &["-r", "8000", "-c", "1", "vol", "0"],
     );
     let (lines, out) = process(&[&silence], &["--kind", "voicemail", "--beam-size", "1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = &lines[0];
     assert_eq!(line["speech"], false, "{line}");
     assert_eq!(line["tasks"], serde_json::json!([]), "{line}");
@@ -124,19 +144,39 @@ fn silence_is_nothing_to_do_and_costs_no_model_time() {
 /// Two parties, one per channel, taking turns.
 fn stereo_call() -> PathBuf {
     let turns = [
-        ("agent", "Thank you for calling Contoso support, this is Sam. How can I help you today?"),
-        ("customer", "Hi Sam, my internet has been down since yesterday and I work from home."),
-        ("agent", "I am sorry about that. I will send a technician to your address tomorrow at ten a.m. and I will email you the confirmation."),
-        ("customer", "Great, thank you. Please call me if the technician is late."),
+        (
+            "agent",
+            "Thank you for calling Contoso support, this is Sam. How can I help you today?",
+        ),
+        (
+            "customer",
+            "Hi Sam, my internet has been down since yesterday and I work from home.",
+        ),
+        (
+            "agent",
+            "I am sorry about that. I will send a technician to your address tomorrow at ten a.m. and I will email you the confirmation.",
+        ),
+        (
+            "customer",
+            "Great, thank you. Please call me if the technician is late.",
+        ),
     ];
     let mut left = Vec::new();
     let mut right = Vec::new();
     for (i, (who, text)) in turns.iter().enumerate() {
         let voice = if *who == "agent" { "en+m3" } else { "en+f2" };
         let wav = speak(&format!("call_turn{i}.wav"), voice, text);
-        let turn = sox(&wav, &format!("call_turn{i}_8k.wav"), &["-r", "8000", "-c", "1"]);
+        let turn = sox(
+            &wav,
+            &format!("call_turn{i}_8k.wav"),
+            &["-r", "8000", "-c", "1"],
+        );
         let quiet = sox(&turn, &format!("call_turn{i}_quiet.wav"), &["vol", "0"]);
-        let (speaks, silent) = if *who == "agent" { (&mut left, &mut right) } else { (&mut right, &mut left) };
+        let (speaks, silent) = if *who == "agent" {
+            (&mut left, &mut right)
+        } else {
+            (&mut right, &mut left)
+        };
         speaks.push(turn);
         silent.push(quiet);
     }
@@ -150,17 +190,35 @@ fn stereo_call() -> PathBuf {
     let l = join(&left, "call_left.wav");
     let r = join(&right, "call_right.wav");
     let out = workdir().join("support_call.wav");
-    tool("sox", &["-M", l.to_str().unwrap(), r.to_str().unwrap(), out.to_str().unwrap()]);
+    tool(
+        "sox",
+        &[
+            "-M",
+            l.to_str().unwrap(),
+            r.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+    );
     out
 }
 
 #[test]
 fn a_stereo_support_call_gets_a_recap_and_next_steps() {
     let call = stereo_call();
-    let (lines, out) = process(&[&call], &["--speakers", "agent,customer", "--beam-size", "1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (lines, out) = process(
+        &[&call],
+        &["--speakers", "agent,customer", "--beam-size", "1"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = &lines[0];
-    println!("{}", serde_json::to_string_pretty(&line["summary"]).unwrap());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&line["summary"]).unwrap()
+    );
     let summary = &line["summary"];
     assert!(summary["recap"].as_str().unwrap().len() > 20, "{line}");
     assert!(summary["summary"].as_str().unwrap().len() > 20, "{line}");
@@ -177,10 +235,25 @@ fn a_stereo_support_call_gets_a_recap_and_next_steps() {
 #[test]
 fn outputs_are_translated_beside_the_originals() {
     let rows = std::fs::read_to_string(data("voicemails.tsv")).unwrap();
-    let text = rows.lines().find(|l| l.starts_with("vm_billing_en")).unwrap().split('\t').nth(6).unwrap().to_string();
-    let wav = sox(&speak("vm_billing_en_speech.wav", "en+f2", &text), "translate_me.wav", &["-r", "8000", "-c", "1"]);
+    let text = rows
+        .lines()
+        .find(|l| l.starts_with("vm_billing_en"))
+        .unwrap()
+        .split('\t')
+        .nth(6)
+        .unwrap()
+        .to_string();
+    let wav = sox(
+        &speak("vm_billing_en_speech.wav", "en+f2", &text),
+        "translate_me.wav",
+        &["-r", "8000", "-c", "1"],
+    );
     let (lines, out) = process(&[&wav], &["--translate-to", "es", "--beam-size", "1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = &lines[0];
     let translation = &line["translation"];
     println!("{}", serde_json::to_string_pretty(translation).unwrap());
@@ -190,22 +263,37 @@ fn outputs_are_translated_beside_the_originals() {
     // The original stays, and the tasks come in both languages, one for one.
     assert!(transcript(line).contains("refund"), "{line}");
     let tasks = line["tasks"].as_array().unwrap();
-    assert_eq!(translation["tasks"].as_array().unwrap().len(), tasks.len(), "{line}");
+    assert_eq!(
+        translation["tasks"].as_array().unwrap().len(),
+        tasks.len(),
+        "{line}"
+    );
 }
 
 #[test]
 fn text_translates_on_demand() {
     let input = workdir().join("note.txt");
     std::fs::write(&input, "Please call Anna back tomorrow about the invoice.").unwrap();
-    let (stdout, stderr, code) = companion_text(&["translate", "--to", "de", "--format", "json", input.to_str().unwrap()]);
+    let (stdout, stderr, code) = companion_text(&[
+        "translate",
+        "--to",
+        "de",
+        "--format",
+        "json",
+        input.to_str().unwrap(),
+    ]);
     assert_eq!(code, Some(0), "{stderr}");
     let v: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["source_language"], "en", "{v}");
     assert_eq!(v["language"], "de");
-    assert_eq!(v["original"], "Please call Anna back tomorrow about the invoice.");
+    assert_eq!(
+        v["original"],
+        "Please call Anna back tomorrow about the invoice."
+    );
     let german = v["text"].as_str().unwrap();
     assert!(german.contains("Anna") && german != v["original"], "{v}");
-    let (_, stderr, code) = companion_text(&["translate", "--to", "german", input.to_str().unwrap()]);
+    let (_, stderr, code) =
+        companion_text(&["translate", "--to", "german", input.to_str().unwrap()]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("language code"), "{stderr}");
 }
@@ -227,7 +315,12 @@ fn an_sms_thread_is_briefed_for_the_next_agent() {
     let v: Value = serde_json::from_str(stdout.trim()).unwrap();
     println!("{v}");
     assert!(v["summary"].as_str().unwrap().len() > 20, "{v}");
-    assert!(v["open_question"].as_str().is_some_and(|q| q.to_lowercase().contains("office")), "{v}");
+    assert!(
+        v["open_question"]
+            .as_str()
+            .is_some_and(|q| q.to_lowercase().contains("office")),
+        "{v}"
+    );
     assert_eq!(v["language"], "en");
     let broken = file("thread_broken.json", b"{\"msgs\": 1}");
     let (_, stderr, code) = companion_text(&["summarize-sms", broken.to_str().unwrap()]);
@@ -245,13 +338,58 @@ fn policy_decides_what_runs() {
         assert_eq!(code, Some(0), "{args:?}: {stderr}");
         stdout
     };
-    run(&["user", "set", "--id", "bob", "--account", "acme", "--language", "es"]);
-    run(&["policy", "set", "--level", "account", "--id", "acme", "voicemail_tasks", "off", "--lock"]);
-    run(&["policy", "set", "--level", "user", "--id", "bob", "voicemail_tasks", "on"]);
-    run(&["policy", "set", "--level", "user", "--id", "bob", "voicemail_prioritization", "off"]);
-    let wav = sox(&speech_wav(&EN), "policy_vm.wav", &["-r", "8000", "-c", "1"]);
+    run(&[
+        "user",
+        "set",
+        "--id",
+        "bob",
+        "--account",
+        "acme",
+        "--language",
+        "es",
+    ]);
+    run(&[
+        "policy",
+        "set",
+        "--level",
+        "account",
+        "--id",
+        "acme",
+        "voicemail_tasks",
+        "off",
+        "--lock",
+    ]);
+    run(&[
+        "policy",
+        "set",
+        "--level",
+        "user",
+        "--id",
+        "bob",
+        "voicemail_tasks",
+        "on",
+    ]);
+    run(&[
+        "policy",
+        "set",
+        "--level",
+        "user",
+        "--id",
+        "bob",
+        "voicemail_prioritization",
+        "off",
+    ]);
+    let wav = sox(
+        &speech_wav(&EN),
+        "policy_vm.wav",
+        &["-r", "8000", "-c", "1"],
+    );
     let (lines, out) = process(&[&wav], &["--user", "bob", "--db", db, "--beam-size", "1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = &lines[0];
     // Locked off above the user: no tasks; turned off by the user: no priority; translation
     // is off by default, so the preferred language changes nothing; no model time at all.

@@ -368,7 +368,10 @@ mod tests {
         let tiny = m.get("whisper-tiny.en").expect("whisper-tiny.en");
         assert_eq!(tiny.packages.len(), 1);
         let defaults: Vec<_> = m.defaults().map(|m| m.name.as_str()).collect();
-        assert_eq!(defaults, ["whisper-base", "qwen2.5-0.5b", "all-minilm-l6-v2"]);
+        assert_eq!(
+            defaults,
+            ["whisper-base", "qwen2.5-0.5b", "all-minilm-l6-v2"]
+        );
         assert!(m.get("nope").is_none());
         assert!(matches!(m.require("nope"), Err(Error::UnknownModel { .. })));
     }

@@ -94,7 +94,17 @@ pub fn speak(name: &str, voice: &str, text: &str) -> PathBuf {
         let tmp = out.with_extension("tmp.wav");
         tool(
             "espeak-ng",
-            &["-v", voice, "-s", "125", "-g", "2", "-w", tmp.to_str().unwrap(), text],
+            &[
+                "-v",
+                voice,
+                "-s",
+                "125",
+                "-g",
+                "2",
+                "-w",
+                tmp.to_str().unwrap(),
+                text,
+            ],
         );
         std::fs::rename(&tmp, &out).unwrap();
     }

@@ -112,7 +112,11 @@ impl Counts {
     }
     pub fn f1(&self) -> f64 {
         let (p, r) = (self.precision(), self.recall());
-        if p + r == 0.0 { 0.0 } else { 2.0 * p * r / (p + r) }
+        if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        }
     }
 }
 
@@ -134,7 +138,8 @@ pub fn run(pipeline: &Pipeline, set: &Path, text: &str, intents: Vec<Intent>) ->
     println!("file\tlang\tdetected\tfacts\tintents expected\tintents found\ttotal_ms\ttasks");
     let (mut lang_ok, mut facts_found, mut facts_total, mut failed) = (0, 0, 0, 0);
     let mut counts = Counts::default();
-    let (mut prompt_tokens, mut generated, mut prompt_s, mut generate_s) = (0usize, 0usize, 0.0, 0.0);
+    let (mut prompt_tokens, mut generated, mut prompt_s, mut generate_s) =
+        (0usize, 0usize, 0.0, 0.0);
     let mut totals_ms = Vec::new();
     for item in &items {
         let path = root.join(&item.file);
@@ -207,8 +212,16 @@ pub fn run(pipeline: &Pipeline, set: &Path, text: &str, intents: Vec<Intent>) ->
         counts.precision(),
         counts.recall(),
         counts.f1(),
-        if prompt_s > 0.0 { prompt_tokens as f64 / prompt_s } else { 0.0 },
-        if generate_s > 0.0 { generated as f64 / generate_s } else { 0.0 },
+        if prompt_s > 0.0 {
+            prompt_tokens as f64 / prompt_s
+        } else {
+            0.0
+        },
+        if generate_s > 0.0 {
+            generated as f64 / generate_s
+        } else {
+            0.0
+        },
         n = items.len(),
     );
     Ok(if failed > 0 {
@@ -237,7 +250,9 @@ mod tests {
                    # a comment\n\
                    b.wav\tes\t-\t-\n";
         assert!(is_language_set(tsv));
-        assert!(!is_language_set("file\tlanguage\treference_transcript_or_summary\n"));
+        assert!(!is_language_set(
+            "file\tlanguage\treference_transcript_or_summary\n"
+        ));
         let items = parse(tsv).unwrap();
         assert_eq!(items.len(), 2);
         assert_eq!(items[0].intents, vec!["billing", "renewal"]);
@@ -262,7 +277,10 @@ mod tests {
         c.add(&set(&["a"]), &set(&["a", "b"]));
         c.add(&set(&["c"]), &set(&[]));
         c.add(&set(&[]), &set(&[]));
-        assert_eq!((c.true_positive, c.false_positive, c.false_negative), (1, 1, 1));
+        assert_eq!(
+            (c.true_positive, c.false_positive, c.false_negative),
+            (1, 1, 1)
+        );
         assert!((c.f1() - 0.5).abs() < 1e-9);
     }
 }

@@ -53,7 +53,10 @@ enum Command {
     Translate(text_cmd::TranslateArgs),
     /// Summarize a team SMS thread for an agent taking it over.
     SummarizeSms(text_cmd::SummarizeSmsArgs),
-    /// Transcribe a labelled speech set (MANIFEST.tsv) and report word error rates.
+    /// Score a message against priority topics, with every topic's score.
+    Priority(text_cmd::PriorityArgs),
+    /// Evaluate on a labelled set: word error rates (speech MANIFEST.tsv), or language
+    /// accuracy, fact recall and topic precision/recall (voicemail intelligence sets).
     Eval(eval::EvalArgs),
 }
 
@@ -81,7 +84,12 @@ fn main() -> ExitCode {
         Command::Models(cmd) => models_cmd::run(cmd, &models_dir).map(|()| ExitCode::SUCCESS),
         Command::Admin(cmd) => policy_cmd::run(cmd).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(args, &models_dir),
-        Command::Translate(args) => text_cmd::translate(args, &models_dir).map(|()| ExitCode::SUCCESS),
+        Command::Translate(args) => {
+            text_cmd::translate(args, &models_dir).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Priority(args) => {
+            text_cmd::priority(args, &models_dir).map(|()| ExitCode::SUCCESS)
+        }
         Command::SummarizeSms(args) => {
             text_cmd::summarize_sms(args, &models_dir).map(|()| ExitCode::SUCCESS)
         }

@@ -10,9 +10,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use companion_audio::RawFormat;
-use companion_core::{Classify, ErrorKind, ErrorReport, FailedRecording, RecordingKind};
 use companion_core::Intent;
 use companion_core::policy::{EffectivePolicy, Level, Setting};
+use companion_core::{Classify, ErrorKind, ErrorReport, FailedRecording, RecordingKind};
 use companion_language::{EMBEDDING_ROLE, LLM_ROLE, LanguageModels};
 use companion_models::{ModelCache, resolve_asr_model, resolve_model};
 use companion_pipeline::{
@@ -129,7 +129,11 @@ pub struct LanguageArgs {
     #[arg(long, env = "COMPANION_LLM_MODEL", default_value = DEFAULT_LLM)]
     pub llm_model: String,
     /// Sentence embedding model for priority topics: a name or a directory.
-    #[arg(long, env = "COMPANION_EMBEDDING_MODEL", default_value = "all-minilm-l6-v2")]
+    #[arg(
+        long,
+        env = "COMPANION_EMBEDDING_MODEL",
+        default_value = "all-minilm-l6-v2"
+    )]
     pub embedding_model: String,
 }
 
@@ -368,9 +372,16 @@ async fn recording_context(args: &ProcessArgs, store: &Store) -> Result<Recordin
             policy.language_allowlist = languages;
         }
     }
-    let preferred = profile.as_ref().and_then(|p| p.preferred_language.as_deref());
+    let preferred = profile
+        .as_ref()
+        .and_then(|p| p.preferred_language.as_deref());
     let mut translate_to = policy.translation_target(preferred);
-    if let Some(target) = args.pipeline.translate_to.as_deref().filter(|t| !t.is_empty()) {
+    if let Some(target) = args
+        .pipeline
+        .translate_to
+        .as_deref()
+        .filter(|t| !t.is_empty())
+    {
         if locked_above_user(&policy, Setting::Translation) && !policy.translation.enabled {
             bail!("--translate-to {target}: translation is turned off and locked by policy");
         }

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use companion_core::SmsMessage;
-use companion_language::{LLM_ROLE, Llm, summarize_thread, translate_text};
+use companion_language::priority::IntentMatcher;
+use companion_language::{
+    EMBEDDING_ROLE, Embedder, LLM_ROLE, Llm, summarize_thread, translate_text,
+};
 use companion_models::{ModelCache, resolve_model};
 use companion_store::Store;
 use serde::Deserialize;
@@ -161,6 +164,54 @@ pub fn summarize_sms(args: SummarizeSmsArgs, models_dir: &Path) -> Result<()> {
             "summary": out.summary.summary,
             "open_question": out.summary.open_question,
             "language": out.language,
+        })
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct PriorityArgs {
+    /// The message (English): a file, or `-` for standard input.
+    #[arg(default_value = "-")]
+    input: String,
+    /// The topics, a TSV of `name<TAB>description` lines.
+    #[arg(long, env = "COMPANION_INTENTS")]
+    intents: PathBuf,
+    /// Similarity a topic needs to match (default: the calibrated one).
+    #[arg(long)]
+    threshold: Option<f32>,
+    /// Sentence embedding model: a name or a directory.
+    #[arg(
+        long,
+        env = "COMPANION_EMBEDDING_MODEL",
+        default_value = "all-minilm-l6-v2"
+    )]
+    embedding_model: String,
+}
+
+/// Scores a message against topics and shows every topic's score: how admins check that their
+/// topic descriptions match the messages they mean, and only those.
+pub fn priority(args: PriorityArgs, models_dir: &Path) -> Result<()> {
+    let intents = crate::process::read_intents(&args.intents)?;
+    let text = read_input(&args.input)?;
+    let dir = resolve_model(
+        &args.embedding_model,
+        EMBEDDING_ROLE,
+        &ModelCache::new(models_dir),
+    )?;
+    let embedder = Embedder::load(&dir)?;
+    let matcher = IntentMatcher::new(&embedder, &intents, args.threshold)?;
+    let scores: Vec<_> = matcher
+        .scores(&text)?
+        .into_iter()
+        .map(|s| json!({"intent": s.intent, "score": s.best(), "reason": s.reason}))
+        .collect();
+    println!(
+        "{}",
+        json!({
+            "priority": matcher.score(&text)?,
+            "threshold": matcher.threshold(),
+            "scores": scores,
         })
     );
     Ok(())

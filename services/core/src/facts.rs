@@ -557,32 +557,36 @@ fn number_word(raw: &str, ordinals: bool) -> Option<WordNumber> {
 /// Splits a compound ("dreiundzwanzig", "trentacinque", "veintitrés") into number words,
 /// accepting it only if the pieces make exactly one number.
 fn compound(folded: &str) -> Option<Vec<Atom>> {
-    fn split(rest: &str, atoms: &mut Vec<Atom>) -> bool {
+    // Each piece must continue the number, which keeps the search small.
+    fn split(rest: &str, acc: &Acc, atoms: &mut Vec<Atom>) -> bool {
         if rest.is_empty() {
-            let mut acc = Acc::default();
-            return atoms.len() >= 2
-                && atoms.iter().all(|&atom| acc.push(atom, true))
-                && acc.complete();
+            return atoms.len() >= 2 && acc.complete();
         }
         for (piece, word) in &number_tables().pieces {
-            if let Some(tail) = rest.strip_prefix(piece.as_str()) {
-                atoms.push(Atom {
-                    word,
-                    ordinal: false,
-                });
-                if split(tail, atoms) {
-                    return true;
-                }
-                atoms.pop();
+            let Some(tail) = rest.strip_prefix(piece.as_str()) else {
+                continue;
+            };
+            let atom = Atom {
+                word,
+                ordinal: false,
+            };
+            let mut next = acc.clone();
+            if !next.push(atom, true) {
+                continue;
             }
+            atoms.push(atom);
+            if split(tail, &next, atoms) {
+                return true;
+            }
+            atoms.pop();
         }
         false
     }
-    if folded.len() < 4 {
+    if !(4..=64).contains(&folded.len()) {
         return None;
     }
     let mut atoms = Vec::new();
-    split(folded, &mut atoms).then_some(atoms)
+    split(folded, &Acc::default(), &mut atoms).then_some(atoms)
 }
 
 /// German ordinals ("dritten", "dreiundzwanzigsten"): dates are said with them.
@@ -925,7 +929,7 @@ fn phrase_at(toks: &[Tok], numbers: &[Option<WordNumber>], i: usize) -> Option<P
             }
             m
         } else {
-            if !trial.push_word(number) {
+            if starts_digit_sequence(toks, numbers, &acc, k) || !trial.push_word(number) {
                 break;
             }
             k
@@ -957,6 +961,27 @@ fn phrase_at(toks: &[Tok], numbers: &[Option<WordNumber>], i: usize) -> Option<P
         digits: acc.digits(),
         strength,
     })
+}
+
+/// Whether the digit at token `k` begins a sequence of spoken digits rather than ending
+/// the number before it: "eight hundred five five five" is 800 5 5 5, while "eight hundred
+/// five" is 805.
+fn starts_digit_sequence(
+    toks: &[Tok],
+    numbers: &[Option<WordNumber>],
+    acc: &Acc,
+    k: usize,
+) -> bool {
+    let single_unit = |n: &Option<WordNumber>| {
+        n.as_ref()
+            .is_some_and(|n| !n.compound && n.atoms.len() == 1 && n.atoms[0].word.kind == Unit)
+    };
+    let after_multiplier = acc
+        .last
+        .is_some_and(|w| matches!(w.kind, Hundred | Thousand | Million));
+    after_multiplier
+        && single_unit(&numbers[k])
+        && next_in_number(toks, k).is_some_and(|m| single_unit(&numbers[m]))
 }
 
 /// Written digits that a number word may multiply ("5 thousand", "20 mil"): no leading
@@ -1170,54 +1195,40 @@ fn is_run_joiner(c: char) -> bool {
 }
 
 fn run_spans(text: &str) -> Vec<Run> {
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let is_digit = |k: usize| chars.get(k).is_some_and(|&(_, c)| c.is_ascii_digit());
     let mut runs = Vec::new();
-    let mut chars = text.char_indices().peekable();
-    while let Some((start, c)) = chars.next() {
-        if !c.is_ascii_digit() {
+    let mut i = 0;
+    while i < chars.len() {
+        if !is_digit(i) {
+            i += 1;
             continue;
         }
-        let mut digits = String::from(c);
-        let mut end = start + 1;
-        let mut rest = text[end..].char_indices();
-        // Walk on while digits follow, possibly after joiners.
+        let mut digits = String::new();
+        // `last` is the last digit taken; the run goes on to the next digit if only
+        // joiners come between.
+        let mut last = i;
         loop {
-            let mut joined = false;
-            let mut probe = rest.clone();
-            let mut next_digit = None;
-            for (offset, d) in probe.by_ref() {
-                if d.is_ascii_digit() {
-                    next_digit = Some(offset);
-                    break;
-                }
-                if !is_run_joiner(d) {
-                    break;
-                }
-                joined = true;
+            digits.push(chars[last].1);
+            let mut next = last + 1;
+            while chars.get(next).is_some_and(|&(_, c)| is_run_joiner(c)) {
+                next += 1;
             }
-            match next_digit {
-                Some(offset) if offset == 0 || joined => {
-                    let at = end + offset;
-                    digits.push(text[at..].chars().next().unwrap_or('0'));
-                    end = at + 1;
-                    rest = text[end..].char_indices();
-                }
-                _ => break,
+            if !is_digit(next) {
+                break;
             }
+            last = next;
         }
-        let raw = &text[start..end];
+        let span = chars[i].0..chars[last].0 + 1;
+        let raw = &text[span.clone()];
         let zero_cents = raw.len() > 3
             && (raw.ends_with(".00") || raw.ends_with(",00"))
             && raw.as_bytes()[raw.len() - 4].is_ascii_digit();
         if zero_cents {
             digits.truncate(digits.len() - 2);
         }
-        while chars.peek().is_some_and(|&(at, _)| at < end) {
-            chars.next();
-        }
-        runs.push(Run {
-            span: start..end,
-            digits,
-        });
+        runs.push(Run { span, digits });
+        i = last + 1;
     }
     runs
 }
@@ -1383,11 +1394,13 @@ fn sentence_starts(toks: &[Tok]) -> Vec<bool> {
                     && toks[i - 1].is_word()
                     && (toks[i - 1].text.chars().count() == 1 && starts_upper(toks[i - 1].text)
                         || ABBREVIATIONS.contains(&fold(toks[i - 1].text).as_str()));
-                if matches!(
+                // "1) Call Ana": a list marker starts a sentence.
+                let list_marker = tok.text == ")" && i > 0 && toks[i - 1].kind == TokKind::Digits;
+                let ends = matches!(
                     tok.text,
                     "." | "!" | "?" | ":" | ";" | "¿" | "¡" | "…" | "•"
-                ) && !abbreviation
-                {
+                );
+                if ends && !abbreviation || list_marker {
                     at_start = true;
                 }
             }
@@ -2053,7 +2066,8 @@ const NOT_NAMES: &str = "\
     herrn frau monsieur madame mme mlle senor senora senorita sr sra srta signor signore \
     signora sig senhor senhora dona doctor doktor doutor ok okay am pm id asap fyi eta tv \
     it hr pin sms url pdf faq usa us uk eu vat iva tva mwst ceo gmbh inc ltd llc st ave rd \
-    nr tel english spanish german french italian portuguese";
+    nr tel est edt pst pdt cst cdt gmt utc cet cest english spanish german french italian \
+    portuguese";
 
 const GERMAN_TITLES: &[&str] = &["herr", "herrn", "frau", "dr", "prof", "doktor", "professor"];
 
@@ -2151,13 +2165,38 @@ fn dedup(facts: Vec<Fact>) -> Vec<Fact> {
         .collect()
 }
 
+/// The text with the given spans blanked out (byte offsets stay valid).
+fn mask(text: &str, spans: impl Iterator<Item = Range<usize>>) -> String {
+    let mut masked = text.to_string();
+    for span in spans {
+        masked.replace_range(span.clone(), &"|".repeat(span.len()));
+    }
+    masked
+}
+
+/// Numbers that only number the lines of a list ("1. Call Ana", "2) Send the form").
+fn list_markers(toks: &[Tok]) -> Vec<usize> {
+    (0..toks.len())
+        .filter(|&k| {
+            let line_start = prev_non_space(toks, k).is_none()
+                || (toks[k - 1].kind == TokKind::Space && toks[k - 1].text.contains('\n'));
+            toks[k].kind == TokKind::Digits
+                && line_start
+                && toks.get(k + 1).is_some_and(|t| t.is(".") || t.is(")"))
+                && toks.get(k + 2).is_some_and(|t| t.kind == TokKind::Space)
+        })
+        .collect()
+}
+
 /// What a transcript says, prepared for checking model output against it.
 #[derive(Debug, Clone)]
 pub struct FactCheck {
     /// All digit runs of the transcript, concatenated in order: Whisper may split one
     /// phone number across segments.
     digits: String,
-    runs: Vec<String>,
+    /// Digit runs outside the times found, for times said without a time word ("three
+    /// thirty works").
+    untimed_runs: Vec<String>,
     times: Vec<ClockTime>,
     days: HashSet<When>,
     /// Folded words, without possessive "'s", plus adjacent pairs run together ("Mc
@@ -2171,11 +2210,15 @@ impl FactCheck {
         let normalized = normalize(transcript, true);
         let toks = tokenize(&normalized);
         let firsts = sentence_starts(&toks);
-        let runs: Vec<String> = run_spans(&normalized)
+        let digits = run_spans(&normalized)
             .into_iter()
             .map(|run| run.digits)
             .collect();
         let times = scan_times(&toks, true);
+        let untimed_runs = run_spans(&mask(&normalized, times.iter().map(|t| t.span.clone())))
+            .into_iter()
+            .map(|run| run.digits)
+            .collect();
         let days = day_mentions(&toks, &firsts)
             .into_iter()
             .flat_map(|(_, whens)| whens)
@@ -2198,8 +2241,8 @@ impl FactCheck {
         }
         let (german, other) = language_hints(&original);
         FactCheck {
-            digits: runs.concat(),
-            runs,
+            digits,
+            untimed_runs,
             times,
             days,
             words,
@@ -2252,15 +2295,21 @@ impl FactCheck {
         let firsts = sentence_starts(&toks);
         let mut found: Vec<(usize, Fact)> = Vec::new();
 
-        // Times first; their digits are then left out of the plain number check.
-        let mut masked = normalized.clone();
-        for time in scan_times(&toks, false) {
-            if !self.time_supported(&time) {
+        // Times first; their digits and list numbers are left out of the plain number check.
+        let times = scan_times(&toks, false);
+        for time in &times {
+            if !self.time_supported(time) {
                 let text = &normalized[time.span.clone()];
                 found.push((time.span.start, fact(FactKind::Number, text)));
             }
-            masked.replace_range(time.span.clone(), &"|".repeat(time.span.len()));
         }
+        let markers = list_markers(&toks)
+            .into_iter()
+            .map(|k| toks[k].start..toks[k].end());
+        let masked = mask(
+            &normalized,
+            times.iter().map(|t| t.span.clone()).chain(markers),
+        );
         for run in run_spans(&masked) {
             if !self.digits.contains(&run.digits) {
                 found.push((run.span.start, fact(FactKind::Number, &run.digits)));
@@ -2305,8 +2354,8 @@ impl FactCheck {
 
     /// A time is supported by an equal time in the transcript; if the transcript names
     /// other times at that hour only, it is not; with no time at that hour, its digits
-    /// must be a whole number of the transcript ("three thirty" said without "at"), not
-    /// part of one ("5 pm" is not in "15 Uhr").
+    /// must be a whole number of the transcript outside its times ("three thirty" said
+    /// without "at"), so "5 pm" is not found in "15 Uhr" and "10:00" not in "halb 10".
     fn time_supported(&self, time: &ClockTime) -> bool {
         let same_hour: Vec<&ClockTime> = self
             .times
@@ -2316,7 +2365,9 @@ impl FactCheck {
         if !same_hour.is_empty() {
             return same_hour.iter().any(|t| t.same_as(time));
         }
-        time.digit_forms().iter().any(|d| self.runs.contains(d))
+        time.digit_forms()
+            .iter()
+            .any(|d| self.untimed_runs.contains(d))
     }
 
     fn day_supported(&self, whens: &[When]) -> bool {
@@ -2402,6 +2453,11 @@ mod tests {
         assert_eq!(norm("nineteen eighty four"), "19 84");
         assert_eq!(norm("twenty five hundred"), "2500");
         assert_eq!(norm("five thousand two hundred"), "5200");
+        assert_eq!(norm("eight hundred five"), "805");
+        assert_eq!(
+            norm("one eight hundred five five five one two one two"),
+            "1 800 5 5 5 1 2 1 2"
+        );
         assert_eq!(norm("2 million"), "2000000");
         assert_eq!(norm("5 thousand dollars"), "5000 dollars");
         assert_eq!(norm("double five"), "55");
@@ -2689,6 +2745,7 @@ mod tests {
 
         let check = FactCheck::new("Komm um halb vier.");
         assert!(check.supports("Treffen um 15:30."));
+        assert!(!check.supports("Treffen um 4 Uhr."));
     }
 
     #[test]
@@ -2792,6 +2849,13 @@ mod tests {
         ] {
             assert_eq!(check.unsupported(text), [], "{text}");
         }
+    }
+
+    #[test]
+    fn list_numbers_are_not_facts() {
+        let check = FactCheck::new("Hi, it's Ana, call me back about the invoice.");
+        assert!(check.supports("1. Call Ana back.\n2) Ask about the invoice."));
+        assert!(!check.supports("Call Ana back. 2 invoices are open."));
     }
 
     #[test]

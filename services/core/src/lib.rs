@@ -6,9 +6,7 @@ pub mod insights;
 pub mod metrics;
 pub mod policy;
 
-pub use insights::{
-    CallSummary, Intent, IntentMatch, Priority, SmsMessage, Task, ThreadSummary,
-};
+pub use insights::{CallSummary, Intent, IntentMatch, Priority, SmsMessage, Task, ThreadSummary};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -144,7 +144,7 @@ fn split_keeping_punctuation(text: &str) -> Vec<String> {
         let ends = matches!(c, '.' | '!' | '?')
             && chars.peek().is_none_or(|n| n.is_whitespace())
             && !current.trim_end().ends_with(".m.")
-            && current.trim().split_whitespace().count() > 1;
+            && current.split_whitespace().count() > 1;
         if ends {
             out.push(current.trim().to_string());
             current.clear();

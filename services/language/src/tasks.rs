@@ -104,7 +104,13 @@ pub fn voicemail_tasks(
         }
         let mut checked = |field: Option<String>, name: &str| {
             let value = clean_field(field)?;
-            if facts.unsupported(&value).is_empty() {
+            // A name field is all name: its first word is checked too.
+            let unsupported = if name == "who" {
+                facts.unsupported_in_name(&value)
+            } else {
+                facts.unsupported(&value)
+            };
+            if unsupported.is_empty() {
                 Some(value)
             } else {
                 warn!(field = name, %value, "task field dropped: not in the transcript");

@@ -174,7 +174,12 @@ impl LanguageStages<'_> {
             None => {
                 let llm = self.llm(timer)?;
                 let out = timer.time("translation", || {
-                    translate_text(llm.as_ref(), &result.transcript.text, Some(language), target)
+                    translate_text(
+                        llm.as_ref(),
+                        &result.transcript.text,
+                        Some(language),
+                        target,
+                    )
                 })?;
                 usage.merge(&out.usage);
                 out.text

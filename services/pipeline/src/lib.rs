@@ -268,7 +268,11 @@ impl Pipeline {
 
     /// Whisper's options for one recording: the policy's language allowlist when it has one,
     /// and its translate task when an English rendering will be used.
-    fn transcribe_options(&self, context: &RecordingContext, kind: RecordingKind) -> TranscribeOptions {
+    fn transcribe_options(
+        &self,
+        context: &RecordingContext,
+        kind: RecordingKind,
+    ) -> TranscribeOptions {
         let mut options = self.config.transcribe.clone();
         if !context.policy.language_allowlist.is_empty() {
             options.languages = context.policy.language_allowlist.clone();
