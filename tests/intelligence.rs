@@ -230,6 +230,38 @@ fn a_stereo_support_call_gets_a_recap_and_next_steps() {
     assert_eq!(line["tasks"], Value::Null);
     assert_eq!(line["priority"], Value::Null);
     assert!(line["timings_ms"]["summary"].as_u64().is_some(), "{line}");
+
+    // A user's edit is a new version; the generated summary stays as it was.
+    let id = line["recording_id"].as_str().unwrap();
+    let edit = workdir().join("summary_edit.json");
+    std::fs::write(
+        &edit,
+        r#"{"recap": "Internet outage since yesterday; technician booked for tomorrow at 10.", "next_steps": ["Technician visit tomorrow at 10 a.m."], "summary": "The customer reported an internet outage and a technician visit was booked."}"#,
+    )
+    .unwrap();
+    let (stdout, stderr, code) = companion_text(&[
+        "summary",
+        "edit",
+        id,
+        "--file",
+        edit.to_str().unwrap(),
+        "--author",
+        "sam",
+    ]);
+    assert_eq!((code, stdout.trim()), (Some(0), "1"), "{stderr}");
+    let (stdout, stderr, code) = companion_text(&["summary", "show", id]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let versions: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(versions[0]["summary"], *summary, "{versions}");
+    assert_eq!(versions[0]["author"], "generated");
+    assert_eq!(versions[1]["author"], "sam");
+    assert_eq!(versions[1]["language"], "en");
+    assert!(
+        versions[1]["summary"]["recap"]
+            .as_str()
+            .unwrap()
+            .starts_with("Internet outage")
+    );
 }
 
 #[test]

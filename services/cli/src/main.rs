@@ -6,6 +6,7 @@ mod models_cmd;
 mod output;
 mod policy_cmd;
 mod process;
+mod summary_cmd;
 mod text_cmd;
 
 use std::path::PathBuf;
@@ -53,6 +54,9 @@ enum Command {
     Translate(text_cmd::TranslateArgs),
     /// Summarize a team SMS thread for an agent taking it over.
     SummarizeSms(text_cmd::SummarizeSmsArgs),
+    /// A call's summary versions: show them, or store an edit as a new version.
+    #[command(subcommand)]
+    Summary(summary_cmd::SummaryCommand),
     /// Score a message against priority topics, with every topic's score.
     Priority(text_cmd::PriorityArgs),
     /// Evaluate on a labelled set: word error rates (speech MANIFEST.tsv), or language
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         Command::Translate(args) => {
             text_cmd::translate(args, &models_dir).map(|()| ExitCode::SUCCESS)
         }
+        Command::Summary(cmd) => summary_cmd::run(cmd).map(|()| ExitCode::SUCCESS),
         Command::Priority(args) => {
             text_cmd::priority(args, &models_dir).map(|()| ExitCode::SUCCESS)
         }

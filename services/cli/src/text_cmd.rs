@@ -83,6 +83,12 @@ pub fn translate(args: TranslateArgs, models_dir: &Path) -> Result<()> {
     }
     let llm = args.model.load(models_dir)?;
     let out = translate_text(&llm, &text, from.as_deref(), &to)?;
+    if !out.unsupported.is_empty() {
+        eprintln!(
+            "companion: warning: the translation states what the original does not: {}",
+            out.unsupported.join(", ")
+        );
+    }
     match args.format {
         TextFormat::Text => println!("{}", out.text),
         TextFormat::Json => println!(
@@ -92,6 +98,7 @@ pub fn translate(args: TranslateArgs, models_dir: &Path) -> Result<()> {
                 "language": out.language,
                 "original": text.trim(),
                 "text": out.text,
+                "unsupported": out.unsupported,
             })
         ),
     }

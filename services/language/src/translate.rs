@@ -2,7 +2,8 @@
 //! items (summary sentences, task texts) as one JSON array so they travel in a single call.
 //! Whisper's own task covers speech to English; everything else comes through here.
 
-use tracing::debug;
+use companion_core::facts::{FactCheck, FactKind};
+use tracing::{debug, warn};
 
 use crate::chat::Message;
 use crate::error::{Error, Result};
@@ -23,6 +24,10 @@ pub struct TextTranslation {
     pub language: String,
     pub text: String,
     pub usage: Usage,
+    /// Numbers and dates the translation states that the original does not (after one retry
+    /// that showed the model what it added). Names are not checked: scripts and spellings change
+    /// between languages.
+    pub unsupported: Vec<String>,
 }
 
 const TEXT_SYSTEM: &str = "You are a translator. Translate the user's message from SOURCE into \
@@ -60,6 +65,7 @@ pub fn translate_text(
         language: to.clone(),
         text: String::new(),
         usage: Usage::default(),
+        unsupported: Vec::new(),
     };
     if text.trim().is_empty() || source.as_deref() == Some(to.as_str()) {
         out.text = text.trim().to_string();
@@ -70,15 +76,39 @@ pub fn translate_text(
         .replace("TARGET", &language_label(&to));
     let mut pieces = Vec::new();
     for chunk in chunks(text.trim(), CHUNK_CHARS) {
-        let messages = [
+        let mut messages = vec![
             Message::system(system.clone()),
             Message::user(chunk.clone()),
         ];
         // Translations run a little longer than their source in tokens; leave room.
-        let budget = chunk.len() / 2 + 64;
-        let generation = generator.chat(&messages, &GenerateOptions::max_new_tokens(budget))?;
+        let options = GenerateOptions::max_new_tokens(chunk.len() / 2 + 64);
+        let generation = generator.chat(&messages, &options)?;
         out.usage.add(&generation);
-        pieces.push(clean_translation(&generation.text));
+        let mut piece = clean_translation(&generation.text);
+        let facts = FactCheck::new(&chunk);
+        let mut added = added_facts(&facts, &piece);
+        if !added.is_empty() {
+            warn!(
+                ?added,
+                "translation states facts the original does not; retrying once"
+            );
+            messages.push(Message::assistant(generation.text.clone()));
+            messages.push(Message::user(format!(
+                "The original does not say {}. Translate it again, faithfully, and reply with \
+                 the translation only.",
+                added.join(", ")
+            )));
+            let retry = generator.chat(&messages, &options)?;
+            out.usage.add(&retry);
+            let second = clean_translation(&retry.text);
+            let still = added_facts(&facts, &second);
+            if still.len() < added.len() {
+                piece = second;
+                added = still;
+            }
+        }
+        out.unsupported.extend(added);
+        pieces.push(piece);
     }
     out.text = pieces.join(" ");
     debug!(
@@ -136,6 +166,16 @@ pub fn translate_items(
             .collect(),
         answer.usage,
     ))
+}
+
+/// Numbers and dates of `translation` that the original does not hold.
+fn added_facts(original: &FactCheck, translation: &str) -> Vec<String> {
+    original
+        .unsupported(translation)
+        .into_iter()
+        .filter(|f| f.kind != FactKind::Name)
+        .map(|f| f.text)
+        .collect()
 }
 
 fn source_label(code: Option<&str>) -> String {
@@ -204,6 +244,32 @@ mod tests {
         assert_eq!(out.source_language.as_deref(), Some("en"));
         let prompt = &model.seen.lock().unwrap()[0];
         assert!(prompt[0].content.contains("from English into Spanish"));
+    }
+
+    #[test]
+    fn an_invented_date_is_retried_then_reported() {
+        let model = Scripted::new(&[
+            "Por favor, envíeme un presupuesto el 3 de marzo.",
+            "Por favor, envíeme un presupuesto antes del miércoles.",
+        ]);
+        let out = translate_text(
+            &model,
+            "Please send me a quote by Wednesday.",
+            Some("en"),
+            "es",
+        )
+        .unwrap();
+        assert_eq!(
+            out.text,
+            "Por favor, envíeme un presupuesto antes del miércoles."
+        );
+        assert!(out.unsupported.is_empty(), "{:?}", out.unsupported);
+        let retry = &model.seen.lock().unwrap()[1];
+        assert!(retry[3].content.contains("does not say"), "{:?}", retry[3]);
+
+        let stubborn = Scripted::new(&["Llame al 555 0199.", "Llame al 555 0199."]);
+        let out = translate_text(&stubborn, "Call me at 555 0142.", Some("en"), "es").unwrap();
+        assert_eq!(out.unsupported.len(), 1, "{:?}", out.unsupported);
     }
 
     #[test]

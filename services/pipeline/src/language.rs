@@ -102,10 +102,12 @@ impl LanguageStages<'_> {
         if let Some(target) = self.context.translate_to.as_deref()
             && target != language
         {
-            match self.translation(result, &language, target, &mut usage, timer) {
+            let mut warnings = Vec::new();
+            match self.translation(result, &language, target, &mut usage, &mut warnings, timer) {
                 Ok(translation) => result.translation = Some(translation),
                 Err(e) => stage_failed(result, "translation", e)?,
             }
+            result.warnings.extend(warnings);
         }
         if usage.calls > 0 {
             result.llm = Some(LlmStats {
@@ -167,6 +169,7 @@ impl LanguageStages<'_> {
         language: &str,
         target: &str,
         usage: &mut Usage,
+        warnings: &mut Vec<String>,
         timer: &mut Timer,
     ) -> Result<Translation, LanguageError> {
         let text = match self.english.clone().filter(|_| target == "en") {
@@ -182,6 +185,12 @@ impl LanguageStages<'_> {
                     )
                 })?;
                 usage.merge(&out.usage);
+                if !out.unsupported.is_empty() {
+                    warnings.push(format!(
+                        "translation: states what the transcript does not: {}",
+                        out.unsupported.join(", ")
+                    ));
+                }
                 out.text
             }
         };

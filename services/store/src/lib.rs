@@ -5,8 +5,10 @@ use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 mod policy;
+mod summaries;
 
 pub use policy::PolicyStoreError;
+pub use summaries::SummaryVersion;
 
 use companion_core::{Classify, ErrorKind, ErrorReport, RecordingKind, RecordingResult};
 use sqlx::Row;
