@@ -16,35 +16,13 @@ fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Synthesizes every labelled voicemail in its codec and writes the eval set beside them.
+/// Synthesizes every labelled voicemail in its codec with `scripts/voicemail-set` (the same
+/// command benchmarks and manual evaluations use) and returns the eval set it writes.
 fn labelled_set() -> PathBuf {
-    let rows = std::fs::read_to_string(data("voicemails.tsv")).unwrap();
-    let mut set = String::from("file\tlang\tintents\tfacts\n");
-    for line in rows.lines().skip(1).filter(|l| !l.trim().is_empty()) {
-        let f: Vec<&str> = line.split('\t').collect();
-        let (id, lang, voice, codec, intents, facts, text) =
-            (f[0], f[1], f[2], f[3], f[4], f[5], f[6]);
-        let wav = speak(&format!("{id}_speech.wav"), voice, text);
-        let name = match codec {
-            "ulaw" => sox(
-                &wav,
-                &format!("{id}.wav"),
-                &["-r", "8000", "-c", "1", "-e", "u-law"],
-            ),
-            "alaw" => sox(
-                &wav,
-                &format!("{id}.wav"),
-                &["-r", "8000", "-c", "1", "-e", "a-law"],
-            ),
-            "gsm" => sox(&wav, &format!("{id}.gsm"), &["-r", "8000", "-c", "1"]),
-            _ => sox(&wav, &format!("{id}.wav"), &["-r", "16000", "-c", "1"]),
-        };
-        let file = name.file_name().unwrap().to_str().unwrap().to_string();
-        set.push_str(&format!("{file}\t{lang}\t{intents}\t{facts}\n"));
-    }
-    let path = workdir().join("voicemails_eval.tsv");
-    std::fs::write(&path, set).unwrap();
-    path
+    let dir = workdir().join("voicemail_set");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/voicemail-set");
+    tool(script.to_str().unwrap(), &[dir.to_str().unwrap()]);
+    dir.join("set.tsv")
 }
 
 /// The eval table's rows by file, and its TOTAL line.
@@ -122,10 +100,23 @@ fn labelled_voicemails_get_their_tasks_and_topics() {
 
 #[test]
 fn silence_is_nothing_to_do_and_costs_no_model_time() {
-    let silence = sox(
-        &speak("short.wav", "en", "x"),
-        "silence_vm.wav",
-        &["-r", "8000", "-c", "1", "vol", "0"],
+    // Three seconds of digital silence, as a PBX stores an empty voicemail.
+    let silence = workdir().join("silence_vm.wav");
+    tool(
+        "sox",
+        &[
+            "-n",
+            "-r",
+            "8000",
+            "-c",
+            "1",
+            "-e",
+            "u-law",
+            silence.to_str().unwrap(),
+            "trim",
+            "0",
+            "3",
+        ],
     );
     let (lines, out) = process(&[&silence], &["--kind", "voicemail", "--beam-size", "1"]);
     assert!(
@@ -171,7 +162,11 @@ fn stereo_call() -> PathBuf {
             &format!("call_turn{i}_8k.wav"),
             &["-r", "8000", "-c", "1"],
         );
-        let quiet = sox(&turn, &format!("call_turn{i}_quiet.wav"), &["vol", "0"]);
+        let quiet = workdir().join(format!("call_turn{i}_quiet.wav"));
+        tool(
+            "sox",
+            &[turn.to_str().unwrap(), quiet.to_str().unwrap(), "vol", "0"],
+        );
         let (speaks, silent) = if *who == "agent" {
             (&mut left, &mut right)
         } else {
@@ -278,7 +273,7 @@ fn outputs_are_translated_beside_the_originals() {
     let wav = sox(
         &speak("vm_billing_en_speech.wav", "en+f2", &text),
         "translate_me.wav",
-        &["-r", "8000", "-c", "1"],
+        &["-r", "16000", "-c", "1"],
     );
     let (lines, out) = process(&[&wav], &["--translate-to", "es", "--beam-size", "1"]);
     assert!(

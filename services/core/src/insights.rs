@@ -67,6 +67,7 @@ pub struct SmsMessage {
 pub struct ThreadSummary {
     /// Two or three sentences.
     pub summary: String,
-    /// The question or request still waiting for an answer, if any.
+    /// What the conversation waits on: the questions and requests of its last message, in the
+    /// writer's words; `None` when the last message asks nothing.
     pub open_question: Option<String>,
 }
