@@ -63,49 +63,33 @@ pub fn tool(program: &str, args: &[&str]) {
 
 /// Speech for a phrase as a 16-bit WAV at espeak-ng's native rate (22.05 kHz).
 pub fn speech_wav(phrase: &Phrase) -> PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let out = workdir().join(format!("{}_speech.wav", phrase.lang));
-    if !out.exists() {
-        let tmp = out.with_extension("tmp.wav");
-        tool(
-            "espeak-ng",
-            &[
-                "-v",
-                phrase.voice,
-                "-s",
-                "125",
-                "-g",
-                "2",
-                "-w",
-                tmp.to_str().unwrap(),
-                phrase.text,
-            ],
-        );
-        std::fs::rename(&tmp, &out).unwrap();
-    }
-    out
+    speak(
+        &format!("{}_speech.wav", phrase.lang),
+        phrase.voice,
+        phrase.text,
+    )
 }
 
 /// Speech for any text and espeak-ng voice as a 16-bit WAV named `name` (kept for the run).
 pub fn speak(name: &str, voice: &str, text: &str) -> PathBuf {
+    // Tests of one binary run in parallel and share fixtures: one writer at a time.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let out = workdir().join(name);
     if !out.exists() {
         let tmp = out.with_extension("tmp.wav");
-        tool(
-            "espeak-ng",
-            &[
-                "-v",
-                voice,
-                "-s",
-                "125",
-                "-g",
-                "2",
-                "-w",
-                tmp.to_str().unwrap(),
-                text,
-            ],
-        );
+        let args = [
+            "-v",
+            voice,
+            "-s",
+            "125",
+            "-g",
+            "2",
+            "-w",
+            tmp.to_str().unwrap(),
+            text,
+        ];
+        tool("espeak-ng", &args);
         std::fs::rename(&tmp, &out).unwrap();
     }
     out

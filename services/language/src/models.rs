@@ -41,35 +41,41 @@ impl LanguageModels {
 
     /// The chat model, loading it on the first call. A failed load is retried on the next call.
     pub fn llm(&self) -> Result<Loaded<Llm>> {
-        let mut slot = self.llm.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(model) = slot.as_ref() {
-            return Ok(Loaded {
-                model: model.clone(),
-                load_ms: 0,
-            });
-        }
-        let started = Instant::now();
-        let model = Arc::new(Llm::load(&self.llm_path, self.threads)?);
-        let load_ms = started.elapsed().as_millis() as u64;
-        info!(path = %self.llm_path.display(), load_ms, "language model loaded");
-        *slot = Some(model.clone());
-        Ok(Loaded { model, load_ms })
+        load_once(&self.llm, "language model", &self.llm_path, || {
+            Llm::load(&self.llm_path, self.threads)
+        })
     }
 
     /// The sentence encoder, loading it on the first call.
     pub fn embedder(&self) -> Result<Loaded<Embedder>> {
-        let mut slot = self.embedder.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(model) = slot.as_ref() {
-            return Ok(Loaded {
-                model: model.clone(),
-                load_ms: 0,
-            });
-        }
-        let started = Instant::now();
-        let model = Arc::new(Embedder::load(&self.embedder_dir)?);
-        let load_ms = started.elapsed().as_millis() as u64;
-        info!(path = %self.embedder_dir.display(), load_ms, "embedding model loaded");
-        *slot = Some(model.clone());
-        Ok(Loaded { model, load_ms })
+        load_once(
+            &self.embedder,
+            "embedding model",
+            &self.embedder_dir,
+            || Embedder::load(&self.embedder_dir),
+        )
     }
+}
+
+/// The model in `slot`, loaded by `load` if it is not there yet. The lock is held while loading
+/// so concurrent first callers wait for one load instead of each loading a copy.
+fn load_once<T>(
+    slot: &Mutex<Option<Arc<T>>>,
+    what: &str,
+    path: &std::path::Path,
+    load: impl FnOnce() -> Result<T>,
+) -> Result<Loaded<T>> {
+    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(model) = slot.as_ref() {
+        return Ok(Loaded {
+            model: model.clone(),
+            load_ms: 0,
+        });
+    }
+    let started = Instant::now();
+    let model = Arc::new(load()?);
+    let load_ms = started.elapsed().as_millis() as u64;
+    info!(path = %path.display(), load_ms, "{what} loaded");
+    *slot = Some(model.clone());
+    Ok(Loaded { model, load_ms })
 }
