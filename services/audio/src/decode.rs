@@ -134,11 +134,21 @@ fn validate(audio: &Audio) -> Result<(), AudioError> {
     Ok(())
 }
 
-fn decode_with_symphonia(
+/// An opened container: its reader, the audio track and what its header declares.
+struct Container {
+    reader: Box<dyn symphonia::core::formats::FormatReader>,
+    name: &'static str,
+    track_id: u32,
+    params: symphonia::core::codecs::audio::AudioCodecParameters,
+}
+
+/// Probes the container, picks its audio track and refuses, from the header alone, a stream
+/// that declares a zero sample rate, no channels, or a duration over the limit.
+fn open_container(
     bytes: Vec<u8>,
     extension: Option<&str>,
     opts: &DecodeOptions,
-) -> Result<Audio, AudioError> {
+) -> Result<Container, AudioError> {
     let byte_len = bytes.len();
     let mss = MediaSourceStream::new(
         Box::new(Cursor::new(bytes)),
@@ -148,7 +158,7 @@ fn decode_with_symphonia(
     if let Some(ext) = extension {
         hint.with_extension(ext);
     }
-    let mut format = symphonia::default::get_probe()
+    let format = symphonia::default::get_probe()
         .probe(
             &hint,
             mss,
@@ -191,6 +201,98 @@ fn decode_with_symphonia(
     if params.channels.as_ref().is_some_and(|c| c.count() == 0) {
         return Err(AudioError::Corrupt("channel count is 0".into()));
     }
+    Ok(Container {
+        reader: format,
+        name: container,
+        track_id,
+        params,
+    })
+}
+
+/// What a recording's header says, read without decoding it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    /// Container or raw format name.
+    pub format: String,
+    /// The duration the header declares (raw formats: from the size), when it tells.
+    pub duration_s: Option<f64>,
+}
+
+/// Checks a recording before any work is queued for it: the size limit, that it is a format we
+/// decode, and the duration limit when the header declares a duration. Nothing is decoded, so a
+/// stream damaged after its header passes here and fails when it is decoded.
+pub fn probe_bytes(
+    bytes: &[u8],
+    extension: Option<&str>,
+    opts: &DecodeOptions,
+) -> Result<Probe, AudioError> {
+    check_size(bytes.len() as u64, opts.max_bytes)?;
+    if bytes.is_empty() {
+        return Err(AudioError::Empty);
+    }
+    let raw = opts
+        .raw_format
+        .or_else(|| extension.and_then(RawFormat::from_extension))
+        .or_else(|| looks_like_gsm(bytes).then_some(RawFormat::Gsm))
+        .filter(|_| opts.raw_format.is_some() || !has_container_magic(bytes));
+    if let Some(format) = raw {
+        let duration_s = bytes.len() as f64 / format.bytes_per_second();
+        check_duration(duration_s, opts)?;
+        return Ok(Probe {
+            format: format!("{format:?}").to_ascii_lowercase(),
+            duration_s: Some(duration_s),
+        });
+    }
+    if let Some(audio) = riff::decode_gsm_wave(bytes)? {
+        check_duration(audio.duration_s(), opts)?;
+        return Ok(Probe {
+            format: "wav-gsm".into(),
+            duration_s: Some(audio.duration_s()),
+        });
+    }
+    let ext = extension.map(str::to_owned);
+    let owned = bytes.to_vec();
+    let opts = opts.clone();
+    let container = catch_unwind(AssertUnwindSafe(move || {
+        open_container(owned, ext.as_deref(), &opts)
+    }))
+    .unwrap_or_else(|_| {
+        Err(AudioError::Corrupt(
+            "the demuxer failed on this stream".into(),
+        ))
+    })?;
+    CODECS
+        .make_audio_decoder(&container.params, &AudioDecoderOptions::default())
+        .map_err(|e| AudioError::Unsupported(format!("{} codec: {e}", container.name)))?;
+    let track = container
+        .reader
+        .tracks()
+        .iter()
+        .find(|t| t.id == container.track_id);
+    let duration_s = match (
+        track.and_then(|t| t.num_frames),
+        container.params.sample_rate,
+    ) {
+        (Some(frames), Some(rate)) if rate > 0 => Some(frames as f64 / f64::from(rate)),
+        _ => None,
+    };
+    Ok(Probe {
+        format: container.name.to_string(),
+        duration_s,
+    })
+}
+
+fn decode_with_symphonia(
+    bytes: Vec<u8>,
+    extension: Option<&str>,
+    opts: &DecodeOptions,
+) -> Result<Audio, AudioError> {
+    let Container {
+        reader: mut format,
+        name: container,
+        track_id,
+        params,
+    } = open_container(bytes, extension, opts)?;
     let mut decoder = CODECS
         .make_audio_decoder(&params, &AudioDecoderOptions::default())
         .map_err(|e| AudioError::Unsupported(format!("{container} codec: {e}")))?;

@@ -11,11 +11,12 @@ mod g711;
 mod raw;
 mod resample;
 mod riff;
+pub mod source;
 pub mod vad;
 
 use companion_core::{Classify, ErrorKind};
 
-pub use decode::{decode_bytes, read_file};
+pub use decode::{Probe, decode_bytes, probe_bytes, read_file};
 pub use raw::RawFormat;
 pub use resample::{TARGET_RATE, to_16k};
 

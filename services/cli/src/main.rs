@@ -6,6 +6,7 @@ mod models_cmd;
 mod output;
 mod policy_cmd;
 mod process;
+mod service_cmd;
 mod summary_cmd;
 mod text_cmd;
 
@@ -59,6 +60,12 @@ enum Command {
     Summary(summary_cmd::SummaryCommand),
     /// Score a message against priority topics, with every topic's score.
     Priority(text_cmd::PriorityArgs),
+    /// The gRPC API (with --embedded: plus a worker, on SQLite, without a broker).
+    Serve(service_cmd::ServeArgs),
+    /// Take jobs off the queue and process them (models loaded once).
+    Worker(service_cmd::WorkerArgs),
+    /// Bring the store's schema up to date.
+    Migrate(service_cmd::MigrateArgs),
     /// Evaluate on a labelled set: word error rates (speech MANIFEST.tsv), or language
     /// accuracy, fact recall and topic precision/recall (voicemail intelligence sets).
     Eval(eval::EvalArgs),
@@ -88,6 +95,9 @@ fn main() -> ExitCode {
         Command::Models(cmd) => models_cmd::run(cmd, &models_dir).map(|()| ExitCode::SUCCESS),
         Command::Admin(cmd) => policy_cmd::run(cmd).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(args, &models_dir),
+        Command::Serve(args) => service_cmd::serve(args, &models_dir).map(|()| ExitCode::SUCCESS),
+        Command::Worker(args) => service_cmd::worker(args, &models_dir).map(|()| ExitCode::SUCCESS),
+        Command::Migrate(args) => service_cmd::migrate(args).map(|()| ExitCode::SUCCESS),
         Command::Translate(args) => {
             text_cmd::translate(args, &models_dir).map(|()| ExitCode::SUCCESS)
         }

@@ -105,18 +105,29 @@ impl PipelineArgs {
     /// Loads the Whisper model once and builds the pipeline; with `language`, the language
     /// stages too (their models load on first use).
     pub fn pipeline(&self, models_dir: &Path, language: Option<&LanguageArgs>) -> Result<Pipeline> {
+        self.pipeline_parts(models_dir, language)
+            .map(|(pipeline, _)| pipeline)
+    }
+
+    /// [`PipelineArgs::pipeline`], also handing back the language models (to warm them up).
+    pub fn pipeline_parts(
+        &self,
+        models_dir: &Path,
+        language: Option<&LanguageArgs>,
+    ) -> Result<(Pipeline, Option<Arc<LanguageModels>>)> {
         let config = self.config(language.is_some())?;
         let cache = ModelCache::new(models_dir);
         // Resolve every model first: a missing one is a setup error before any work starts.
         let language_models = language
             .map(|l| l.models(&cache, self.threads.map(|t| t as usize)))
-            .transpose()?;
+            .transpose()?
+            .map(Arc::new);
         let path = resolve_asr_model(&self.asr_model, &cache)?;
         let model = SpeechModel::load(&path)?;
         let pipeline = Pipeline::new(Arc::new(model), config)?;
         Ok(match language_models {
-            Some(models) => pipeline.with_language(Arc::new(models)),
-            None => pipeline,
+            Some(models) => (pipeline.with_language(models.clone()), Some(models)),
+            None => (pipeline, None),
         })
     }
 }
@@ -141,7 +152,7 @@ pub struct LanguageArgs {
 pub const DEFAULT_LLM: &str = "qwen2.5-0.5b";
 
 impl LanguageArgs {
-    fn models(&self, cache: &ModelCache, threads: Option<usize>) -> Result<LanguageModels> {
+    pub fn models(&self, cache: &ModelCache, threads: Option<usize>) -> Result<LanguageModels> {
         let llm = resolve_model(&self.llm_model, LLM_ROLE, cache)?;
         let embedder = resolve_model(&self.embedding_model, EMBEDDING_ROLE, cache)?;
         Ok(LanguageModels::new(llm, embedder, threads))

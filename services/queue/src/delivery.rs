@@ -70,6 +70,11 @@ impl Delivery {
         }
     }
 
+    /// Whether a [`Delivery::retry`] now would dead-letter the job instead of scheduling it.
+    pub fn is_last_attempt(&self) -> bool {
+        self.policy.delay_after(self.attempt).is_none()
+    }
+
     /// The job is done: remove it from the queue.
     ///
     /// Fails with [`crate::QueueError::DeliveryLost`] when the delivery was no longer held (its

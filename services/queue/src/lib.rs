@@ -32,9 +32,7 @@ pub use error::{QueueError, Result};
 pub use proto::{Job, JobStatus, RecordingKind, ResultReady};
 
 /// The messages of `proto/companion/v1/queue.proto` (package `companion.v1`).
-pub mod proto {
-    include!(concat!(env!("OUT_DIR"), "/companion.v1.rs"));
-}
+pub use companion_proto::v1 as proto;
 
 /// Largest encoded job either backend accepts by default (RabbitMQ 4 refuses messages over
 /// 16 MiB by default; audio larger than that belongs behind `Job.source.uri`).
@@ -112,7 +110,8 @@ pub fn result_routing_key(result: &ResultReady) -> Result<String> {
     Ok(key)
 }
 
-fn routing_word(id: &str) -> String {
+/// One word of a routing key: an id with `.`, `*` and `#` folded to `_` (`_` for an empty id).
+pub fn routing_word(id: &str) -> String {
     if id.is_empty() {
         return "_".into();
     }

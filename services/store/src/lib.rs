@@ -1,24 +1,96 @@
-//! The PBX store: recordings and every result derived from them, behind one repository type.
-//! SQLite is the embedded default; the migrations are written to run unchanged on PostgreSQL.
+//! The PBX store: recordings, their processing jobs and every result derived from them, behind
+//! one repository type. SQLite is the embedded default; PostgreSQL is the shared database when
+//! several API and worker processes run. Both run the same migrations and the same query text.
+//!
+//! The two backends are two concrete pools; [`on_pool!`] expands each operation once per
+//! backend, so every query is type-checked against both drivers' strict decoding rules (on
+//! PostgreSQL an `INTEGER` column does not decode into `i64`: such columns are `CAST` in queries).
 
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Runs `$body` with `$pool` bound to the store's concrete pool, whichever backend it is.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.pool {
+            crate::Pool::Sqlite($pool) => $body,
+            crate::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Inserts the next result version of a recording inside the transaction `$tx` and evaluates to
+/// `Result<i64, sqlx::Error>` (the version). A concurrent writer of the same recording makes the
+/// insert fail with a unique violation; callers retry.
+macro_rules! insert_result {
+    ($tx:ident, $recording:expr, $job:expr, $cols:expr) => {{
+        let cols: &crate::ResultColumns = $cols;
+        let version: Result<i64, sqlx::Error> = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(MAX(version), 0) + 1 AS BIGINT) FROM results WHERE recording_id = $1",
+        )
+        .bind($recording)
+        .fetch_one(&mut *$tx)
+        .await;
+        match version {
+            Err(e) => Err(e),
+            Ok(version) => sqlx::query(
+                "INSERT INTO results (recording_id, version, status, duration_s, speech, language,
+                     language_probability, transcript, result_json, error_kind, error_message,
+                     created_at_ms, job_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .bind($recording)
+            .bind(version)
+            .bind(cols.status)
+            .bind(cols.duration_s)
+            .bind(cols.speech)
+            .bind(&cols.language)
+            .bind(cols.language_probability)
+            .bind(&cols.transcript)
+            .bind(&cols.json)
+            .bind(cols.error_kind)
+            .bind(&cols.error_message)
+            .bind(crate::now_ms())
+            .bind($job)
+            .execute(&mut *$tx)
+            .await
+            .map(|_| version),
+        }
+    }};
+}
+
+/// The columns of a result row, decoded as [`ResultRow`].
+macro_rules! result_select {
+    () => {
+        "SELECT CAST(version AS BIGINT), status, result_json, error_kind, error_message FROM results"
+    };
+}
+
+mod jobs;
 mod policy;
 mod summaries;
+#[cfg(test)]
+mod testing;
 
+pub use jobs::{
+    AudioSource, Finished, JobRecord, JobState, NewSubmission, RecordingView, Submitted,
+    recording_key,
+};
 pub use policy::PolicyStoreError;
 pub use summaries::SummaryVersion;
 
 use companion_core::{Classify, ErrorKind, ErrorReport, RecordingKind, RecordingResult};
-use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{Postgres, Sqlite, Transaction};
 use tracing::debug;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("invalid database address {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -30,13 +102,16 @@ pub enum StoreError {
 impl Classify for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
-            StoreError::InvalidUrl { .. } => ErrorKind::InvalidArgument,
+            StoreError::InvalidUrl { .. } | StoreError::InvalidArgument(_) => {
+                ErrorKind::InvalidArgument
+            }
             _ => ErrorKind::Store,
         }
     }
 }
 
-/// A recording as it enters the store.
+/// A recording as it enters the store from the CLI (tenant `local`); its id is also its
+/// external id.
 #[derive(Debug, Clone)]
 pub struct NewRecording {
     pub id: String,
@@ -64,8 +139,44 @@ pub enum StoredOutcome {
 }
 
 #[derive(Debug, Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+#[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool,
+}
+
+/// Opening a transaction that will write. SQLite's default deferred transaction fails (busy,
+/// without waiting) when it reads first and another connection commits before it writes, so
+/// SQLite takes the write lock up front; PostgreSQL relies on its row locks and unique indexes.
+trait BeginWrite {
+    type Db: sqlx::Database;
+    async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = Sqlite;
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Db = Postgres;
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+}
+
+/// How often a transaction that lost a race on a unique key (two writers taking the same
+/// version number) is retried.
+const WRITE_ATTEMPTS: usize = 5;
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 fn now_ms() -> i64 {
@@ -74,18 +185,51 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The address with any password replaced, for errors and logs.
+fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..scheme_end],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 impl Store {
-    /// Opens (creating if needed) the database and brings its schema up to date. Accepts a
-    /// `sqlite:` URL or a plain file path.
+    /// Opens the database and brings its schema up to date (so `companion migrate` is `open`
+    /// then [`Store::close`], or [`Store::migrate_only`]). Accepts `postgres://…` /
+    /// `postgresql://…`, a `sqlite:` URL or a plain file path (SQLite files are created if
+    /// missing).
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         let invalid = |reason: String| StoreError::InvalidUrl {
-            url: url.to_string(),
+            url: redact(url),
             reason,
         };
+        let migrator = sqlx::migrate!("./migrations");
         if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            return Err(invalid(
-                "PostgreSQL is not supported by this build yet".into(),
-            ));
+            let options = PgConnectOptions::from_str(url).map_err(|e| invalid(e.to_string()))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            // Concurrent migrators wait on PostgreSQL's advisory lock, taken by `run`.
+            migrator.run(&pool).await?;
+            debug!(url = redact(url), backend = "postgres", "store open");
+            return Ok(Store {
+                pool: Pool::Postgres(pool),
+            });
         }
         let url_form = if url.starts_with("sqlite:") {
             url.to_string()
@@ -97,34 +241,53 @@ impl Store {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
             .await?;
-        migrate(&pool).await?;
-        debug!(url, "store open");
-        Ok(Store { pool })
+        migrate_sqlite(&pool, &migrator).await?;
+        debug!(url, backend = "sqlite", "store open");
+        Ok(Store {
+            pool: Pool::Sqlite(pool),
+        })
+    }
+
+    /// Brings the schema of the database at `url` up to date and disconnects.
+    pub async fn migrate_only(url: &str) -> Result<(), StoreError> {
+        Store::open(url).await?.close().await;
+        Ok(())
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
     }
 
     /// Records a recording, or refreshes where it came from if the id is known.
     pub async fn upsert_recording(&self, rec: &NewRecording) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO recordings (id, tenant_id, user_id, kind, source, sha256, size_bytes, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        on_pool!(self, |pool| sqlx::query(
+            "INSERT INTO recordings (id, tenant_id, external_id, user_id, kind, source, sha256,
+                 size_bytes, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (id) DO UPDATE SET source = excluded.source, user_id = excluded.user_id,
                  kind = excluded.kind",
         )
         .bind(&rec.id)
         .bind(&rec.tenant_id)
+        .bind(&rec.id)
         .bind(&rec.user_id)
         .bind(kind_name(rec.kind))
         .bind(&rec.source)
         .bind(&rec.sha256)
         .bind(rec.size_bytes as i64)
         .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
         Ok(())
     }
 
@@ -134,45 +297,24 @@ impl Store {
         recording_id: &str,
         outcome: Outcome<'_>,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let version: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM results WHERE recording_id = $1",
-        )
-        .bind(recording_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let query = sqlx::query(
-            "INSERT INTO results (recording_id, version, status, duration_s, speech, language,
-                 language_probability, transcript, result_json, error_kind, error_message, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(recording_id)
-        .bind(version);
-        let query = match outcome {
-            Outcome::Done(result) => query
-                .bind("done")
-                .bind(result.duration_s)
-                .bind(result.speech)
-                .bind(result.language.as_ref().map(|l| l.code.clone()))
-                .bind(result.language.as_ref().map(|l| f64::from(l.probability)))
-                .bind(&result.transcript.text)
-                .bind(serde_json::to_string(result)?)
-                .bind(None::<String>)
-                .bind(None::<String>),
-            Outcome::Failed(error) => query
-                .bind("failed")
-                .bind(None::<f64>)
-                .bind(None::<bool>)
-                .bind(None::<String>)
-                .bind(None::<f64>)
-                .bind(None::<String>)
-                .bind(None::<String>)
-                .bind(error.kind.as_str())
-                .bind(&error.message),
-        };
-        query.bind(now_ms()).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(version)
+        let cols = ResultColumns::new(outcome)?;
+        on_pool!(self, |pool| {
+            let mut attempt = 1;
+            loop {
+                let mut tx = pool.begin_write().await?;
+                match insert_result!(tx, recording_id, None::<&str>, &cols) {
+                    Ok(version) => {
+                        tx.commit().await?;
+                        return Ok(version);
+                    }
+                    Err(e) if is_unique_violation(&e) && attempt < WRITE_ATTEMPTS => {
+                        attempt += 1;
+                        debug!(recording_id, attempt, "result version taken; retrying");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        })
     }
 
     /// The newest result of a recording, if it has one.
@@ -180,49 +322,103 @@ impl Store {
         &self,
         recording_id: &str,
     ) -> Result<Option<StoredOutcome>, StoreError> {
-        let row = sqlx::query(
-            "SELECT status, result_json, error_kind, error_message FROM results
-             WHERE recording_id = $1 ORDER BY version DESC LIMIT 1",
-        )
+        let row: Option<ResultRow> = on_pool!(self, |pool| sqlx::query_as(concat!(
+            result_select!(),
+            " WHERE recording_id = $1 ORDER BY version DESC LIMIT 1"
+        ))
         .bind(recording_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let status: String = row.try_get("status")?;
-        if status == "done" {
-            let json: String = row.try_get("result_json")?;
-            Ok(Some(StoredOutcome::Done(Box::new(serde_json::from_str(
-                &json,
-            )?))))
-        } else {
-            let kind: String = row.try_get("error_kind")?;
-            let kind = serde_json::from_value(serde_json::Value::String(kind))?;
-            Ok(Some(StoredOutcome::Failed(ErrorReport {
-                kind,
-                message: row.try_get("error_message")?,
-            })))
-        }
+        .fetch_optional(pool)
+        .await)?;
+        row.map(|row| Ok(stored_outcome(row)?.1)).transpose()
     }
 
     /// How many result versions a recording has.
     pub async fn result_count(&self, recording_id: &str) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM results WHERE recording_id = $1")
-                .bind(recording_id)
-                .fetch_one(&self.pool)
-                .await?,
+        Ok(on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM results WHERE recording_id = $1"
         )
+        .bind(recording_id)
+        .fetch_one(pool)
+        .await)?)
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        on_pool!(self, |pool| pool.close().await)
     }
 }
 
-/// Brings the schema up to date. SQLite has no advisory lock, so two processes opening a new
-/// database at once can race; the loser sees the winner's committed migration on retry.
-async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
-    let migrator = sqlx::migrate!("./migrations");
+/// (version, status, result_json, error_kind, error_message)
+type ResultRow = (i64, String, Option<String>, Option<String>, Option<String>);
+
+/// Decodes a result row into its version and outcome.
+fn stored_outcome(row: ResultRow) -> Result<(i64, StoredOutcome), StoreError> {
+    let (version, status, json, error_kind, error_message) = row;
+    let outcome = if status == "done" {
+        let json = json.unwrap_or_default();
+        StoredOutcome::Done(Box::new(serde_json::from_str(&json)?))
+    } else {
+        StoredOutcome::Failed(ErrorReport {
+            kind: error_kind_from_name(&error_kind.unwrap_or_default())?,
+            message: error_message.unwrap_or_default(),
+        })
+    };
+    Ok((version, outcome))
+}
+
+fn error_kind_from_name(name: &str) -> Result<ErrorKind, StoreError> {
+    Ok(serde_json::from_value(serde_json::Value::String(
+        name.to_string(),
+    ))?)
+}
+
+/// What a result row stores besides its keys.
+struct ResultColumns {
+    status: &'static str,
+    duration_s: Option<f64>,
+    speech: Option<bool>,
+    language: Option<String>,
+    language_probability: Option<f64>,
+    transcript: Option<String>,
+    json: Option<String>,
+    error_kind: Option<&'static str>,
+    error_message: Option<String>,
+}
+
+impl ResultColumns {
+    fn new(outcome: Outcome<'_>) -> Result<ResultColumns, StoreError> {
+        Ok(match outcome {
+            Outcome::Done(result) => ResultColumns {
+                status: "done",
+                duration_s: Some(result.duration_s),
+                speech: Some(result.speech),
+                language: result.language.as_ref().map(|l| l.code.clone()),
+                language_probability: result.language.as_ref().map(|l| f64::from(l.probability)),
+                transcript: Some(result.transcript.text.clone()),
+                json: Some(serde_json::to_string(result)?),
+                error_kind: None,
+                error_message: None,
+            },
+            Outcome::Failed(error) => ResultColumns {
+                status: "failed",
+                duration_s: None,
+                speech: None,
+                language: None,
+                language_probability: None,
+                transcript: None,
+                json: None,
+                error_kind: Some(error.kind.as_str()),
+                error_message: Some(error.message.clone()),
+            },
+        })
+    }
+}
+
+/// Brings an SQLite schema up to date. SQLite has no advisory lock, so two processes opening a
+/// new database at once can race; the loser sees the winner's committed migration on retry.
+async fn migrate_sqlite(
+    pool: &SqlitePool,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
     let mut attempt = 0;
     loop {
         match migrator.run(pool).await {
@@ -230,7 +426,7 @@ async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
             Err(e) if attempt < 5 => {
                 attempt += 1;
                 debug!(error = %e, attempt, "migration raced another process; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
             }
             Err(e) => return Err(e.into()),
         }
@@ -244,9 +440,16 @@ fn kind_name(kind: RecordingKind) -> &'static str {
     }
 }
 
+fn kind_from_name(name: &str) -> Result<RecordingKind, StoreError> {
+    Ok(serde_json::from_value(serde_json::Value::String(
+        name.to_string(),
+    ))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Backend, TestDb, backend_tests};
     use companion_core::{Language, Transcript};
 
     fn recording(id: &str) -> NewRecording {
@@ -279,11 +482,15 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn results_are_versioned_and_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("companion.db");
-        let store = Store::open(path.to_str().unwrap()).await.unwrap();
+    backend_tests!(
+        results_are_versioned_and_survive_reopening,
+        a_result_needs_its_recording,
+        concurrent_opens_of_a_new_database_all_succeed,
+        concurrent_results_take_distinct_versions,
+    );
+
+    async fn results_are_versioned_and_survive_reopening(db: &TestDb) {
+        let store = &db.store;
         store.upsert_recording(&recording("rec_1")).await.unwrap();
         assert_eq!(store.latest_result("rec_1").await.unwrap(), None);
         let v1 = store
@@ -301,9 +508,8 @@ mod tests {
         assert_eq!((v1, v2), (1, 2));
         store.close().await;
 
-        let store = Store::open(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
+        // Re-opening runs the (already applied) migrations again.
+        let store = db.reopen().await;
         assert_eq!(store.result_count("rec_1").await.unwrap(), 2);
         assert_eq!(
             store.latest_result("rec_1").await.unwrap(),
@@ -320,40 +526,82 @@ mod tests {
             Some(StoredOutcome::Done(r)) => assert_eq!(r.transcript.text, "hola de nuevo"),
             other => panic!("unexpected {other:?}"),
         }
+        store.close().await;
     }
 
-    #[tokio::test]
-    async fn a_result_needs_its_recording() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("x.db").to_str().unwrap())
-            .await
-            .unwrap();
+    async fn a_result_needs_its_recording(db: &TestDb) {
         assert!(
-            store
+            db.store
                 .add_result("missing", Outcome::Done(&result("missing", "x")))
                 .await
                 .is_err()
         );
     }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn concurrent_opens_of_a_new_database_all_succeed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("race.db").display().to_string();
+    async fn concurrent_opens_of_a_new_database_all_succeed(db: &TestDb) {
+        // A second, never-migrated database beside the test's own.
+        let url = db.fresh_database_url().await;
         let opens: Vec<_> = (0..6)
             .map(|_| {
-                let path = path.clone();
-                tokio::spawn(async move { Store::open(&path).await.map(|_| ()) })
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let store = Store::open(&url).await?;
+                    store.close().await;
+                    Ok::<_, StoreError>(())
+                })
             })
             .collect();
         for open in opens {
             open.await.unwrap().unwrap();
         }
+        Store::migrate_only(&url).await.unwrap();
+    }
+
+    async fn concurrent_results_take_distinct_versions(db: &TestDb) {
+        db.store
+            .upsert_recording(&recording("rec_c"))
+            .await
+            .unwrap();
+        let adds: Vec<_> = (0..6)
+            .map(|i| {
+                let store = db.store.clone();
+                tokio::spawn(async move {
+                    store
+                        .add_result("rec_c", Outcome::Done(&result("rec_c", &format!("t{i}"))))
+                        .await
+                })
+            })
+            .collect();
+        let mut versions = Vec::new();
+        for add in adds {
+            versions.push(add.await.unwrap().unwrap());
+        }
+        versions.sort();
+        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
     }
 
     #[tokio::test]
-    async fn postgres_urls_are_refused_clearly() {
-        let err = Store::open("postgres://localhost/test").await.unwrap_err();
+    async fn malformed_addresses_are_invalid_arguments() {
+        let err = Store::open("postgres://user:secret@[bad/db")
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:pw@h:5432/db?x=1"),
+            "postgres://u:***@h:5432/db?x=1"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("/tmp/a.db"), "/tmp/a.db");
+    }
+
+    #[tokio::test]
+    async fn the_backend_is_named() {
+        let db = TestDb::new(Backend::Sqlite).await;
+        assert_eq!(db.store.backend(), "sqlite");
     }
 }

@@ -9,8 +9,6 @@ use companion_core::policy::{
     check_intent, resolve,
 };
 use companion_core::{Classify, ErrorKind, Intent};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use tracing::{debug, warn};
 
 use super::{Store, StoreError, now_ms};
@@ -58,7 +56,8 @@ impl Store {
         let tenant = check_id("tenant id", tenant)?;
         let entry = entry.clone().validated()?;
         let value = serde_json::to_string(&entry.value).map_err(StoreError::from)?;
-        sqlx::query(
+        on_pool!(self, |pool| {
+            sqlx::query(
             "INSERT INTO policies (tenant_id, level, scope_id, setting, value, locked, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (tenant_id, level, scope_id, setting) DO UPDATE SET
@@ -71,8 +70,10 @@ impl Store {
         .bind(value)
         .bind(entry.locked)
         .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
         debug!(tenant, level = %entry.level, scope_id = entry.scope_id, setting = %entry.setting,
             value = %entry.value, locked = entry.locked, "policy set");
         Ok(())
@@ -86,7 +87,7 @@ impl Store {
         scope_id: &str,
         setting: Setting,
     ) -> Result<bool, PolicyStoreError> {
-        let done = sqlx::query(
+        let done = on_pool!(self, |pool| sqlx::query(
             "DELETE FROM policies
              WHERE tenant_id = $1 AND level = $2 AND scope_id = $3 AND setting = $4",
         )
@@ -94,9 +95,10 @@ impl Store {
         .bind(level.as_str())
         .bind(scope_id.trim())
         .bind(setting.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(done > 0)
     }
 
     /// The values set at one level for one scope, ordered by setting name.
@@ -106,16 +108,16 @@ impl Store {
         level: Level,
         scope_id: &str,
     ) -> Result<Vec<PolicyEntry>, PolicyStoreError> {
-        let rows = sqlx::query(
+        let rows: Vec<PolicyRow> = on_pool!(self, |pool| sqlx::query_as(
             "SELECT level, scope_id, setting, value, locked FROM policies
              WHERE tenant_id = $1 AND level = $2 AND scope_id = $3 ORDER BY setting",
         )
         .bind(tenant.trim())
         .bind(level.as_str())
         .bind(scope_id.trim())
-        .fetch_all(&self.pool)
-        .await?;
-        entries_from_rows(&rows)
+        .fetch_all(pool)
+        .await)?;
+        entries_from_rows(rows)
     }
 
     /// Adds a user to the directory or replaces their entry.
@@ -126,7 +128,7 @@ impl Store {
     ) -> Result<(), PolicyStoreError> {
         let tenant = check_id("tenant id", tenant)?;
         let profile = profile.clone().validated()?;
-        sqlx::query(
+        on_pool!(self, |pool| sqlx::query(
             "INSERT INTO users (tenant_id, user_id, account_id, site_id, group_id,
                  preferred_language, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -142,8 +144,9 @@ impl Store {
         .bind(&profile.group_id)
         .bind(&profile.preferred_language)
         .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
         debug!(tenant, user_id = profile.user_id, "user upserted");
         Ok(())
     }
@@ -154,22 +157,23 @@ impl Store {
         tenant: &str,
         user_id: &str,
     ) -> Result<Option<UserProfile>, PolicyStoreError> {
-        let row = sqlx::query(
+        let row: Option<UserRow> = on_pool!(self, |pool| sqlx::query_as(
             "SELECT user_id, account_id, site_id, group_id, preferred_language FROM users
              WHERE tenant_id = $1 AND user_id = $2",
         )
         .bind(tenant.trim())
         .bind(user_id.trim())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(UserProfile {
-            user_id: row.try_get("user_id")?,
-            account_id: row.try_get("account_id")?,
-            site_id: row.try_get("site_id")?,
-            group_id: row.try_get("group_id")?,
-            preferred_language: row.try_get("preferred_language")?,
-        }))
+        .fetch_optional(pool)
+        .await)?;
+        Ok(row.map(
+            |(user_id, account_id, site_id, group_id, preferred_language)| UserProfile {
+                user_id,
+                account_id,
+                site_id,
+                group_id,
+                preferred_language,
+            },
+        ))
     }
 
     /// What a user gets, with their directory entry (for the preferred language). A user not in
@@ -184,7 +188,7 @@ impl Store {
         let scope = profile
             .as_ref()
             .map_or_else(|| Scope::user_only(user_id.as_str()), UserProfile::scope);
-        let rows = sqlx::query(
+        let rows: Vec<PolicyRow> = on_pool!(self, |pool| sqlx::query_as(
             "SELECT level, scope_id, setting, value, locked FROM policies
              WHERE tenant_id = $1 AND (
                  (level = 'account' AND scope_id = $2) OR (level = 'site' AND scope_id = $3)
@@ -195,9 +199,9 @@ impl Store {
         .bind(scope.id_at(Level::Site))
         .bind(scope.id_at(Level::Group))
         .bind(scope.id_at(Level::User))
-        .fetch_all(&self.pool)
-        .await?;
-        let entries = entries_from_rows(&rows)?;
+        .fetch_all(pool)
+        .await)?;
+        let entries = entries_from_rows(rows)?;
         Ok((resolve(&scope, &entries), profile))
     }
 
@@ -211,7 +215,7 @@ impl Store {
         let tenant = check_id("tenant id", tenant)?;
         let user_id = check_id("user id", user_id)?;
         let intent = check_intent(intent)?;
-        sqlx::query(
+        on_pool!(self, |pool| sqlx::query(
             "INSERT INTO intents (tenant_id, user_id, name, description, created_at)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (tenant_id, user_id, name) DO UPDATE SET
@@ -222,8 +226,9 @@ impl Store {
         .bind(&intent.name)
         .bind(&intent.description)
         .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
         Ok(())
     }
 
@@ -234,14 +239,16 @@ impl Store {
         user_id: &str,
         name: &str,
     ) -> Result<bool, PolicyStoreError> {
-        let done =
-            sqlx::query("DELETE FROM intents WHERE tenant_id = $1 AND user_id = $2 AND name = $3")
-                .bind(tenant.trim())
-                .bind(user_id.trim())
-                .bind(name.trim())
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() > 0)
+        let done = on_pool!(self, |pool| sqlx::query(
+            "DELETE FROM intents WHERE tenant_id = $1 AND user_id = $2 AND name = $3"
+        )
+        .bind(tenant.trim())
+        .bind(user_id.trim())
+        .bind(name.trim())
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))?;
+        Ok(done > 0)
     }
 
     /// A user's priority topics, ordered by name.
@@ -250,34 +257,39 @@ impl Store {
         tenant: &str,
         user_id: &str,
     ) -> Result<Vec<Intent>, PolicyStoreError> {
-        let rows = sqlx::query(
+        let rows: Vec<(String, String)> = on_pool!(self, |pool| sqlx::query_as(
             "SELECT name, description FROM intents
              WHERE tenant_id = $1 AND user_id = $2 ORDER BY name",
         )
         .bind(tenant.trim())
         .bind(user_id.trim())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Intent {
-                    name: row.try_get("name")?,
-                    description: row.try_get("description")?,
-                })
-            })
-            .collect()
+        .fetch_all(pool)
+        .await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, description)| Intent { name, description })
+            .collect())
     }
 }
+
+/// (level, scope_id, setting, value, locked)
+type PolicyRow = (String, String, String, String, bool);
+
+/// (user_id, account_id, site_id, group_id, preferred_language)
+type UserRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 /// Decodes policy rows. A setting this build does not know (written by a newer one) is skipped
 /// with a warning: it cannot affect anything this build does. Any other unreadable row is an
 /// error, because dropping a locked value would hand users features an administrator refused.
-fn entries_from_rows(rows: &[SqliteRow]) -> Result<Vec<PolicyEntry>, PolicyStoreError> {
+fn entries_from_rows(rows: Vec<PolicyRow>) -> Result<Vec<PolicyEntry>, PolicyStoreError> {
     let mut entries = Vec::with_capacity(rows.len());
-    for row in rows {
-        let level: String = row.try_get("level")?;
-        let scope_id: String = row.try_get("scope_id")?;
-        let setting: String = row.try_get("setting")?;
+    for (level, scope_id, setting, json, locked) in rows {
         let corrupt = |reason: String| PolicyStoreError::Corrupt {
             level: level.clone(),
             scope_id: scope_id.clone(),
@@ -292,7 +304,6 @@ fn entries_from_rows(rows: &[SqliteRow]) -> Result<Vec<PolicyEntry>, PolicyStore
             continue;
         };
         let parsed_level = level.parse::<Level>().map_err(|e| corrupt(e.to_string()))?;
-        let json: String = row.try_get("value")?;
         let value = serde_json::from_str::<Value>(&json)
             .map_err(|e| corrupt(e.to_string()))?
             .validated(known_setting)
@@ -302,7 +313,7 @@ fn entries_from_rows(rows: &[SqliteRow]) -> Result<Vec<PolicyEntry>, PolicyStore
             scope_id: scope_id.clone(),
             setting: known_setting,
             value,
-            locked: row.try_get("locked")?,
+            locked,
         });
     }
     Ok(entries)
@@ -311,14 +322,16 @@ fn entries_from_rows(rows: &[SqliteRow]) -> Result<Vec<PolicyEntry>, PolicyStore
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{TestDb, backend_tests};
 
-    async fn open() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("policy.db").to_str().unwrap())
-            .await
-            .unwrap();
-        (dir, store)
-    }
+    backend_tests!(
+        policies_are_set_replaced_listed_and_cleared,
+        values_that_do_not_fit_their_setting_are_refused,
+        the_directory_places_users_in_the_hierarchy,
+        profiles_are_validated_and_replaced,
+        corrupt_rows_are_reported_and_unknown_settings_skipped,
+        intents_are_kept_per_user_by_name,
+    );
 
     fn entry(level: Level, id: &str, setting: Setting, value: &str, locked: bool) -> PolicyEntry {
         PolicyEntry {
@@ -340,9 +353,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn policies_are_set_replaced_listed_and_cleared() {
-        let (_dir, store) = open().await;
+    async fn policies_are_set_replaced_listed_and_cleared(db: &TestDb) {
+        let store = &db.store;
         let site = |s, v, l| entry(Level::Site, "paris", s, v, l);
         store
             .set_policy("t1", &site(Setting::Translation, "es", false))
@@ -401,9 +413,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn values_that_do_not_fit_their_setting_are_refused() {
-        let (_dir, store) = open().await;
+    async fn values_that_do_not_fit_their_setting_are_refused(db: &TestDb) {
+        let store = &db.store;
         let bad = PolicyEntry {
             level: Level::Account,
             scope_id: "acme".into(),
@@ -422,9 +433,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn the_directory_places_users_in_the_hierarchy() {
-        let (_dir, store) = open().await;
+    async fn the_directory_places_users_in_the_hierarchy(db: &TestDb) {
+        let store = &db.store;
         store.upsert_user("t1", &alice()).await.unwrap();
         store
             .set_policy(
@@ -500,9 +510,8 @@ mod tests {
         assert!(!policy.voicemail_tasks && policy.call_summary);
     }
 
-    #[tokio::test]
-    async fn profiles_are_validated_and_replaced() {
-        let (_dir, store) = open().await;
+    async fn profiles_are_validated_and_replaced(db: &TestDb) {
+        let store = &db.store;
         assert_eq!(store.user("t1", "alice").await.unwrap(), None);
         let bad = UserProfile {
             preferred_language: Some("french".into()),
@@ -524,18 +533,18 @@ mod tests {
         assert_eq!(stored.preferred_language.as_deref(), Some("de"));
     }
 
-    #[tokio::test]
-    async fn corrupt_rows_are_reported_and_unknown_settings_skipped() {
-        let (_dir, store) = open().await;
+    async fn corrupt_rows_are_reported_and_unknown_settings_skipped(db: &TestDb) {
+        let store = &db.store;
         for (setting, value) in [("call_summary", "\"yes\""), ("future_feature", "42")] {
-            sqlx::query(
+            on_pool!(store, |pool| sqlx::query(
                 "INSERT INTO policies (tenant_id, level, scope_id, setting, value, locked, updated_at)
                  VALUES ('t1', 'user', 'alice', $1, $2, FALSE, 0)",
             )
             .bind(setting)
             .bind(value)
-            .execute(&store.pool)
+            .execute(pool)
             .await
+            .map(|done| done.rows_affected()))
             .unwrap();
         }
         let err = store.effective_policy("t1", "alice").await.unwrap_err();
@@ -549,9 +558,8 @@ mod tests {
         assert_eq!(policy, EffectivePolicy::default());
     }
 
-    #[tokio::test]
-    async fn intents_are_kept_per_user_by_name() {
-        let (_dir, store) = open().await;
+    async fn intents_are_kept_per_user_by_name(db: &TestDb) {
+        let store = &db.store;
         let intent = |name: &str, description: &str| Intent {
             name: name.into(),
             description: description.into(),

@@ -1,7 +1,6 @@
 //! Edited call summaries, kept as versions beside the generated one.
 
 use companion_core::CallSummary;
-use sqlx::Row;
 
 use super::{Store, StoreError, StoredOutcome, now_ms};
 
@@ -32,13 +31,15 @@ impl Store {
         // Two editors at once: the primary key refuses the second insert of a version, and
         // the retry takes the next one.
         for attempt in 0..5 {
-            let version: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM summary_edits WHERE recording_id = $1",
+            let version: i64 = on_pool!(self, |pool| sqlx::query_scalar(
+                "SELECT CAST(COALESCE(MAX(version), 0) + 1 AS BIGINT) FROM summary_edits
+                 WHERE recording_id = $1",
             )
             .bind(recording_id)
-            .fetch_one(&self.pool)
-            .await?;
-            let inserted = sqlx::query(
+            .fetch_one(pool)
+            .await)?;
+            let inserted = on_pool!(self, |pool| {
+                sqlx::query(
                 "INSERT INTO summary_edits (recording_id, version, summary_json, language, author, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6)",
             )
@@ -48,8 +49,10 @@ impl Store {
             .bind(language)
             .bind(author)
             .bind(now_ms())
-            .execute(&self.pool)
-            .await;
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+            });
             match inserted {
                 Ok(_) => return Ok(version),
                 Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempt < 4 => continue,
@@ -77,21 +80,21 @@ impl Store {
                 created_at_ms: 0,
             });
         }
-        let rows = sqlx::query(
-            "SELECT version, summary_json, language, author, created_at FROM summary_edits
+        let rows: Vec<(i64, String, Option<String>, String, i64)> =
+            on_pool!(self, |pool| sqlx::query_as(
+                "SELECT version, summary_json, language, author, created_at FROM summary_edits
              WHERE recording_id = $1 ORDER BY version",
-        )
-        .bind(recording_id)
-        .fetch_all(&self.pool)
-        .await?;
-        for row in rows {
-            let json: String = row.try_get("summary_json")?;
+            )
+            .bind(recording_id)
+            .fetch_all(pool)
+            .await)?;
+        for (version, json, language, author, created_at_ms) in rows {
             versions.push(SummaryVersion {
-                version: row.try_get("version")?,
+                version,
                 summary: serde_json::from_str(&json)?,
-                author: row.try_get("author")?,
-                language: row.try_get("language")?,
-                created_at_ms: row.try_get("created_at")?,
+                author,
+                language,
+                created_at_ms,
             });
         }
         Ok(versions)
@@ -101,15 +104,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{TestDb, backend_tests};
     use crate::{NewRecording, Outcome};
     use companion_core::{RecordingKind, RecordingResult};
 
-    #[tokio::test]
-    async fn edits_are_versions_beside_the_generated_summary() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("s.db").to_str().unwrap())
-            .await
-            .unwrap();
+    backend_tests!(edits_are_versions_beside_the_generated_summary);
+
+    async fn edits_are_versions_beside_the_generated_summary(db: &TestDb) {
+        let store = &db.store;
         store
             .upsert_recording(&NewRecording {
                 id: "rec_call".into(),
