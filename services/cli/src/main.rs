@@ -1,5 +1,6 @@
 //! `companion`: voicemail and call recordings to transcripts, locally.
 
+mod bench_queue;
 mod eval;
 mod eval_language;
 mod models_cmd;
@@ -64,6 +65,8 @@ enum Command {
     Serve(service_cmd::ServeArgs),
     /// Take jobs off the queue and process them (models loaded once).
     Worker(service_cmd::WorkerArgs),
+    /// Throughput of the API, queue and store with a no-op processor in place of the models.
+    BenchQueue(bench_queue::BenchQueueArgs),
     /// Bring the store's schema up to date.
     Migrate(service_cmd::MigrateArgs),
     /// Evaluate on a labelled set: word error rates (speech MANIFEST.tsv), or language
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args, &models_dir),
         Command::Serve(args) => service_cmd::serve(args, &models_dir).map(|()| ExitCode::SUCCESS),
         Command::Worker(args) => service_cmd::worker(args, &models_dir).map(|()| ExitCode::SUCCESS),
+        Command::BenchQueue(args) => bench_queue::run(args).map(|()| ExitCode::SUCCESS),
         Command::Migrate(args) => service_cmd::migrate(args).map(|()| ExitCode::SUCCESS),
         Command::Translate(args) => {
             text_cmd::translate(args, &models_dir).map(|()| ExitCode::SUCCESS)

@@ -168,7 +168,7 @@ fn page_token(created_at_ms: i64, key: &str) -> String {
 
 fn parse_page_token(token: &str) -> Result<(i64, String), StoreError> {
     let malformed = || StoreError::InvalidArgument(format!("malformed page token {token:?}"));
-    if token.len() % 2 != 0 || !token.is_ascii() {
+    if !token.len().is_multiple_of(2) || !token.is_ascii() {
         return Err(malformed());
     }
     let bytes = (0..token.len())

@@ -150,12 +150,14 @@ impl Worker {
         let mut stats = WorkerStats::default();
         tokio::pin!(shutdown);
         loop {
+            while let Some(joined) = tasks.try_join_next() {
+                count(&mut stats, joined);
+            }
+            // Only shutdown may interrupt `next`: a claim cut short would leave the job leased
+            // (embedded queue) until its lease expires.
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                    count(&mut stats, joined);
-                }
                 next = consumer.next() => match next {
                     None => {
                         warn!("the queue closed; the worker stops");
