@@ -893,3 +893,92 @@ async fn serve_embedded_runs_the_whole_api_without_a_broker() {
             .contains("invoice")
     );
 }
+
+/// A one-request OTLP/HTTP collector: returns the path and body of the first POST.
+fn otlp_collector() -> (u16, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_string();
+            let _ = tx.send((path, body));
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn traces_are_exported_over_otlp() {
+    let (port, received) = otlp_collector();
+    let tone = workdir().join("svc_tone.wav");
+    tool(
+        "sox",
+        &[
+            "-n",
+            "-r",
+            "16000",
+            "-c",
+            "1",
+            tone.to_str().unwrap(),
+            "synth",
+            "1",
+            "sine",
+            "440",
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_companion"))
+        .args([
+            "transcribe",
+            "--asr-model",
+            &support::asr_model(),
+            "--db",
+            workdir().join("otlp.db").to_str().unwrap(),
+            "--otlp-endpoint",
+            &format!("http://127.0.0.1:{port}/v1/traces"),
+            tone.to_str().unwrap(),
+        ])
+        .env("COMPANION_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (path, body) = received
+        .recv_timeout(Duration::from_secs(30))
+        .expect("spans exported at exit");
+    assert_eq!(path, "/v1/traces");
+    // The protobuf carries the pipeline's span names and the service name.
+    let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        contains(b"stage") && contains(b"companion"),
+        "{} bytes",
+        body.len()
+    );
+}

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +30,10 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, env = "COMPANION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Export traces over OTLP (HTTP/protobuf) to this endpoint, e.g.
+    /// http://otel-collector:4318/v1/traces.
+    #[arg(long, global = true, env = "COMPANION_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,21 +78,63 @@ enum Command {
     Eval(eval::EvalArgs),
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs on stderr (text or JSON lines) and, when `otlp_endpoint` is given, spans exported over
+/// OTLP (HTTP/protobuf, e.g. http://collector:4318/v1/traces). Returns the tracer provider to
+/// flush at exit.
+fn init_tracing(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = EnvFilter::try_from_env("COMPANION_LOG")
         .unwrap_or_else(|_| EnvFilter::new("warn,whisper_rs=off"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let provider = otlp_endpoint.and_then(|endpoint| {
+        use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint)
+            .with_timeout(std::time::Duration::from_secs(5))
+            .with_headers(Default::default())
+            .build();
+        match exporter {
+            Ok(exporter) => Some(
+                opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(
+                        opentelemetry_sdk::Resource::builder()
+                            .with_service_name("companion")
+                            .build(),
+                    )
+                    .build(),
+            ),
+            Err(e) => {
+                eprintln!("companion: OTLP export off: {e}");
+                None
+            }
+        }
+    });
+    let otel = provider.as_ref().map(|provider| {
+        use opentelemetry::trace::TracerProvider;
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("companion"))
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .init();
+    provider
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let tracer = init_tracing(cli.log_format, cli.otlp_endpoint.as_deref());
     let models_dir = cli
         .models_dir
         .unwrap_or_else(companion_models::ModelCache::default_dir);
@@ -113,6 +159,11 @@ fn main() -> ExitCode {
             text_cmd::summarize_sms(args, &models_dir).map(|()| ExitCode::SUCCESS)
         }
     };
+    if let Some(tracer) = tracer
+        && let Err(e) = tracer.shutdown()
+    {
+        eprintln!("companion: OTLP export: {e}");
+    }
     match outcome {
         Ok(code) => code,
         Err(err) => {
