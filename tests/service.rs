@@ -17,6 +17,10 @@ use companion_proto::v1::recording_service_client::RecordingServiceClient;
 use companion_queue::{AmqpConfig, AmqpQueue, JobQueue};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 use support::{file, speak, tool, workdir};
 
@@ -517,6 +521,47 @@ async fn callers_see_only_what_their_token_allows() {
     let mut client = stack.client().await.unwrap();
     let audio = silence("svc_silence_1s.wav", "1");
 
+    // Health and reflection answer without a token (probes and tools).
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(stack.channel().await.unwrap());
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let mut reflection = ServerReflectionClient::new(stack.channel().await.unwrap());
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter(vec![list]))
+        .await
+        .unwrap()
+        .into_inner();
+    let services: Vec<String> = match answers.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("{other:?}"),
+    };
+    for name in [
+        "companion.v1.RecordingService",
+        "companion.v1.PolicyService",
+        "companion.v1.UserService",
+        "companion.v1.TextService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            services.iter().any(|s| s == name),
+            "{name} not in {services:?}"
+        );
+    }
+
     // No token, a wrong token.
     let bare = client
         .submit_recording(Request::new(submit("r1", "u1", &audio)))
@@ -688,6 +733,34 @@ async fn callers_see_only_what_their_token_allows() {
         .await
         .unwrap_err();
     assert_eq!(too_big.code(), Code::ResourceExhausted, "{too_big:?}");
+    // Large files stream in chunks; the limit holds there too.
+    let upload = |id: &str, bytes: Vec<u8>| {
+        let mut parts = vec![pb::UploadRecordingRequest {
+            part: Some(pb::upload_recording_request::Part::Header(
+                pb::UploadHeader {
+                    recording_id: id.into(),
+                    user_id: "u1".into(),
+                    kind: pb::RecordingKind::Voicemail as i32,
+                    filename: "upload.wav".into(),
+                },
+            )),
+        }];
+        parts.extend(bytes.chunks(64 * 1024).map(|c| pb::UploadRecordingRequest {
+            part: Some(pb::upload_recording_request::Part::Chunk(c.to_vec())),
+        }));
+        authed(tokio_stream::iter(parts), PBX)
+    };
+    let uploaded = client
+        .upload_recording(upload("uploaded", std::fs::read(&audio).unwrap()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(uploaded.created);
+    let over = client
+        .upload_recording(upload("uploaded-big", std::fs::read(&big).unwrap()))
+        .await
+        .unwrap_err();
+    assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
     let text = file("svc_text.wav", b"this is not audio at all, just some text");
     let not_audio = client
         .submit_recording(authed(submit("text", "u1", &text), PBX))
