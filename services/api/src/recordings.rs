@@ -214,14 +214,26 @@ impl Recordings {
             .map_err(store_status)?;
         if !submitted.created {
             info!(recording_id = %header.recording_id, job_id = %submitted.job_id, "duplicate submission");
-            let status = self
+            let record = self
                 .store
                 .job(&submitted.job_id)
                 .await
-                .map_err(store_status)?
-                .map_or(pb::JobStatus::Queued, |j| {
-                    crate::convert::status_to_proto(j.state)
-                });
+                .map_err(store_status)?;
+            if let Some(record) = record
+                .as_ref()
+                .filter(|r| r.state == companion_store::JobState::Queued && r.attempts == 0)
+            {
+                // Never started: an API that died between storing the job and publishing it
+                // would leave it stranded, so publish it again. Processing is idempotent per
+                // job, so a job that was queued after all runs once and is announced twice.
+                self.queue
+                    .publish(&job_message(record))
+                    .await
+                    .map_err(queue_status)?;
+            }
+            let status = record.map_or(pb::JobStatus::Queued, |j| {
+                crate::convert::status_to_proto(j.state)
+            });
             return Ok(pb::SubmitRecordingResponse {
                 job_id: submitted.job_id,
                 created: false,
@@ -306,6 +318,23 @@ impl Recordings {
             Err(status) => status.code(),
         };
         self.metrics.rpc(method, &format!("{code:?}"));
+    }
+}
+
+/// The queue message for a stored job.
+fn job_message(record: &companion_store::JobRecord) -> Job {
+    Job {
+        job_id: record.job_id.clone(),
+        tenant_id: record.tenant_id.clone(),
+        recording_id: record.recording_id.clone(),
+        user_id: record.user_id.clone().unwrap_or_default(),
+        kind: kind_to_proto(record.kind) as i32,
+        source: record
+            .source_uri
+            .clone()
+            .map(companion_queue::proto::job::Source::Uri),
+        filename: record.filename.clone(),
+        ..Default::default()
     }
 }
 
@@ -504,17 +533,7 @@ impl RecordingService for Recordings {
                 .ok_or_else(|| Status::not_found(format!("no recording {recording_id:?}")))?;
             let job = Job {
                 job_id: created.clone(),
-                tenant_id: caller.tenant.clone(),
-                recording_id,
-                user_id: view.job.user_id.clone().unwrap_or_default(),
-                kind: kind_to_proto(view.job.kind) as i32,
-                source: view
-                    .job
-                    .source_uri
-                    .clone()
-                    .map(companion_queue::proto::job::Source::Uri),
-                filename: view.job.filename.clone(),
-                ..Default::default()
+                ..job_message(&view.job)
             };
             if let Err(e) = self.queue.publish(&job).await {
                 let report = ErrorReport {
