@@ -378,3 +378,65 @@ fn decode_with_symphonia(
         format: format!("{container}/{codec}"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wav(seconds: u32, rate: u32) -> Vec<u8> {
+        let data_len = seconds * rate * 2;
+        let mut w = Vec::new();
+        w.extend_from_slice(b"RIFF");
+        w.extend_from_slice(&(36 + data_len).to_le_bytes());
+        w.extend_from_slice(b"WAVEfmt ");
+        w.extend_from_slice(&16u32.to_le_bytes());
+        w.extend_from_slice(&1u16.to_le_bytes());
+        w.extend_from_slice(&1u16.to_le_bytes());
+        w.extend_from_slice(&rate.to_le_bytes());
+        w.extend_from_slice(&(rate * 2).to_le_bytes());
+        w.extend_from_slice(&2u16.to_le_bytes());
+        w.extend_from_slice(&16u16.to_le_bytes());
+        w.extend_from_slice(b"data");
+        w.extend_from_slice(&data_len.to_le_bytes());
+        w.resize(44 + data_len as usize, 0);
+        w
+    }
+
+    #[test]
+    fn probe_reads_headers_without_decoding() {
+        let opts = DecodeOptions {
+            max_duration_s: 10.0,
+            ..DecodeOptions::default()
+        };
+        let probe = probe_bytes(&wav(3, 8000), Some("wav"), &opts).unwrap();
+        assert_eq!(probe.format, "wave");
+        assert_eq!(probe.duration_s, Some(3.0));
+        // Headerless µ-law: the duration follows from the size.
+        let raw = probe_bytes(&vec![0xFF; 16_000], Some("ulaw"), &opts).unwrap();
+        assert_eq!(raw.duration_s, Some(2.0));
+        assert!(matches!(
+            probe_bytes(&wav(11, 8000), None, &opts),
+            Err(AudioError::TooLong { .. })
+        ));
+        assert!(matches!(
+            probe_bytes(b"just some text, no audio here", Some("wav"), &opts),
+            Err(AudioError::Unsupported(_))
+        ));
+        assert!(matches!(
+            probe_bytes(&wav(3, 8000)[..20], None, &opts),
+            Err(AudioError::Corrupt(_))
+        ));
+        assert!(matches!(
+            probe_bytes(b"", None, &opts),
+            Err(AudioError::Empty)
+        ));
+        let small = DecodeOptions {
+            max_bytes: 100,
+            ..opts
+        };
+        assert!(matches!(
+            probe_bytes(&wav(1, 8000), None, &small),
+            Err(AudioError::TooLarge { .. })
+        ));
+    }
+}
