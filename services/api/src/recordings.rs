@@ -120,13 +120,6 @@ fn check_header(
     })
 }
 
-fn extension(filename: &str) -> Option<String> {
-    std::path::Path::new(filename)
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-}
-
 impl Recordings {
     pub fn new(
         store: Store,
@@ -154,7 +147,7 @@ impl Recordings {
 
     /// Refuses audio over the limits or in a format we do not decode, from its header.
     async fn probe(&self, bytes: Arc<Vec<u8>>, filename: &str) -> Result<(), Status> {
-        let ext = extension(filename);
+        let ext = companion_audio::extension_of(filename);
         let opts = self.decode_options();
         let probed =
             tokio::task::spawn_blocking(move || probe_bytes(&bytes, ext.as_deref(), &opts))

@@ -72,16 +72,7 @@ pub fn decode_bytes(
     extension: Option<&str>,
     opts: &DecodeOptions,
 ) -> Result<Audio, AudioError> {
-    check_size(bytes.len() as u64, opts.max_bytes)?;
-    if bytes.is_empty() {
-        return Err(AudioError::Empty);
-    }
-    let raw = opts
-        .raw_format
-        .or_else(|| extension.and_then(RawFormat::from_extension))
-        .or_else(|| looks_like_gsm(&bytes).then_some(RawFormat::Gsm));
-    // A known container wins over an extension that merely suggests a raw format.
-    let raw = raw.filter(|_| opts.raw_format.is_some() || !has_container_magic(&bytes));
+    let raw = check_and_route(&bytes, extension, opts)?;
     let audio = if let Some(format) = raw {
         check_duration(bytes.len() as f64 / format.bytes_per_second(), opts)?;
         decode_raw(&bytes, format)?
@@ -111,6 +102,25 @@ pub fn decode_bytes(
         "decoded"
     );
     Ok(audio)
+}
+
+/// The size and emptiness checks, then the headerless format the bytes are in, if any (the
+/// configured one, the extension's, or GSM recognised by its frames). A known container wins
+/// over an extension that merely suggests a raw format.
+fn check_and_route(
+    bytes: &[u8],
+    extension: Option<&str>,
+    opts: &DecodeOptions,
+) -> Result<Option<RawFormat>, AudioError> {
+    check_size(bytes.len() as u64, opts.max_bytes)?;
+    if bytes.is_empty() {
+        return Err(AudioError::Empty);
+    }
+    Ok(opts
+        .raw_format
+        .or_else(|| extension.and_then(RawFormat::from_extension))
+        .or_else(|| looks_like_gsm(bytes).then_some(RawFormat::Gsm))
+        .filter(|_| opts.raw_format.is_some() || !has_container_magic(bytes)))
 }
 
 fn has_container_magic(bytes: &[u8]) -> bool {
@@ -226,15 +236,7 @@ pub fn probe_bytes(
     extension: Option<&str>,
     opts: &DecodeOptions,
 ) -> Result<Probe, AudioError> {
-    check_size(bytes.len() as u64, opts.max_bytes)?;
-    if bytes.is_empty() {
-        return Err(AudioError::Empty);
-    }
-    let raw = opts
-        .raw_format
-        .or_else(|| extension.and_then(RawFormat::from_extension))
-        .or_else(|| looks_like_gsm(bytes).then_some(RawFormat::Gsm))
-        .filter(|_| opts.raw_format.is_some() || !has_container_magic(bytes));
+    let raw = check_and_route(bytes, extension, opts)?;
     if let Some(format) = raw {
         let duration_s = bytes.len() as f64 / format.bytes_per_second();
         check_duration(duration_s, opts)?;

@@ -18,6 +18,14 @@ use companion_core::{Classify, ErrorKind};
 
 pub use decode::{Probe, decode_bytes, probe_bytes, read_file};
 pub use raw::RawFormat;
+
+/// A file name's extension, lower-cased, without the dot: what the decoder's `extension` wants.
+pub fn extension_of(filename: &str) -> Option<String> {
+    std::path::Path::new(filename)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+}
 pub use resample::{TARGET_RATE, to_16k};
 
 /// Decoded audio at its original sample rate, one vector of samples in [-1, 1] per channel.

@@ -297,7 +297,7 @@ impl Worker {
                 record.filename.clone()
             },
             recording_id: record.recording_id.clone(),
-            extension: extension_of(&record.filename),
+            extension: companion_audio::extension_of(&record.filename),
             bytes,
             kind: Some(record.kind),
             context,
@@ -479,13 +479,6 @@ pub fn proto_kind(kind: RecordingKind) -> companion_queue::RecordingKind {
         RecordingKind::Voicemail => companion_queue::RecordingKind::Voicemail,
         RecordingKind::Call => companion_queue::RecordingKind::Call,
     }
-}
-
-fn extension_of(filename: &str) -> Option<String> {
-    std::path::Path::new(filename)
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
 }
 
 fn record_ms(result: &RecordingResult) -> u64 {
