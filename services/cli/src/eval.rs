@@ -38,13 +38,13 @@ pub struct EvalArgs {
 
 /// A clip with a single language and a full reference transcript.
 #[derive(Debug, PartialEq)]
-struct Clip {
-    file: String,
-    language: String,
-    reference: String,
+pub(crate) struct Clip {
+    pub file: String,
+    pub language: String,
+    pub reference: String,
 }
 
-fn parse_manifest(text: &str, prefix: &str) -> Result<Vec<Clip>> {
+pub(crate) fn parse_manifest(text: &str, prefix: &str) -> Result<Vec<Clip>> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines
         .next()

@@ -1,5 +1,6 @@
 //! `companion`: voicemail and call recordings to transcripts, locally.
 
+mod bench;
 mod bench_queue;
 mod eval;
 mod eval_language;
@@ -71,6 +72,10 @@ enum Command {
     Worker(service_cmd::WorkerArgs),
     /// Throughput of the API, queue and store with a no-op processor in place of the models.
     BenchQueue(bench_queue::BenchQueueArgs),
+    /// Speed and memory, side by side with faster-whisper and ffmpeg: asr, process, llm,
+    /// decode, load.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Bring the store's schema up to date.
     Migrate(service_cmd::MigrateArgs),
     /// Evaluate on a labelled set: word error rates (speech MANIFEST.tsv), or language
@@ -147,6 +152,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => service_cmd::serve(args, &models_dir).map(|()| ExitCode::SUCCESS),
         Command::Worker(args) => service_cmd::worker(args, &models_dir).map(|()| ExitCode::SUCCESS),
         Command::BenchQueue(args) => bench_queue::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(cmd) => bench::run(cmd, &models_dir).map(|()| ExitCode::SUCCESS),
         Command::Migrate(args) => service_cmd::migrate(args).map(|()| ExitCode::SUCCESS),
         Command::Translate(args) => {
             text_cmd::translate(args, &models_dir).map(|()| ExitCode::SUCCESS)

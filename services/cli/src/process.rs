@@ -13,12 +13,12 @@ use companion_audio::RawFormat;
 use companion_core::Intent;
 use companion_core::policy::{EffectivePolicy, Level, Setting};
 use companion_core::{Classify, ErrorKind, ErrorReport, FailedRecording, RecordingKind};
-use companion_language::{EMBEDDING_ROLE, LLM_ROLE, LanguageModels};
+use companion_language::{Backend, EMBEDDING_ROLE, LLM_ROLE, LanguageModels};
 use companion_models::{ModelCache, resolve_asr_model, resolve_model};
 use companion_pipeline::{
     Input, Pipeline, PipelineConfig, PipelineError, Processed, RecordingContext,
 };
-use companion_speech::{SpeechModel, TranscribeOptions};
+use companion_speech::{SpeechModel, SpeechModelOptions, TranscribeOptions};
 use companion_store::{NewRecording, Outcome, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -61,6 +61,13 @@ pub struct PipelineArgs {
     /// Largest input file accepted, in bytes.
     #[arg(long, env = "COMPANION_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_bytes: u64,
+    /// Speech shorter than 30 s: run Whisper's encoder over the speech only, not over a 30 s
+    /// window of padding (faster; see docs/BENCHMARKS.md for its effect on accuracy).
+    #[arg(long, env = "COMPANION_FIT_ENCODER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub fit_encoder: bool,
+    /// whisper.cpp's flash attention.
+    #[arg(long, env = "COMPANION_FLASH_ATTN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub flash_attn: bool,
 }
 
 impl PipelineArgs {
@@ -96,6 +103,7 @@ impl PipelineArgs {
                 .filter(|l| !l.is_empty())
                 .collect(),
             translate_to_english,
+            fit_encoder_to_audio: self.fit_encoder,
         };
         config.transcribe.validate()?;
         config.speakers = self.speakers.iter().map(|s| s.trim().to_string()).collect();
@@ -123,7 +131,12 @@ impl PipelineArgs {
             .transpose()?
             .map(Arc::new);
         let path = resolve_asr_model(&self.asr_model, &cache)?;
-        let model = SpeechModel::load(&path)?;
+        let model = SpeechModel::load_with(
+            &path,
+            &SpeechModelOptions {
+                flash_attn: self.flash_attn,
+            },
+        )?;
         let pipeline = Pipeline::new(Arc::new(model), config)?;
         Ok(match language_models {
             Some(models) => (pipeline.with_language(models.clone()), Some(models)),
@@ -146,6 +159,9 @@ pub struct LanguageArgs {
         default_value = "all-minilm-l6-v2"
     )]
     pub embedding_model: String,
+    /// LLM runtime: llama.cpp or candle.
+    #[arg(long, env = "COMPANION_LLM_BACKEND", default_value_t = Backend::default())]
+    pub llm_backend: Backend,
 }
 
 /// The default chat model (see docs/BENCHMARKS.md for the speed and quality behind the choice).
@@ -155,7 +171,7 @@ impl LanguageArgs {
     pub fn models(&self, cache: &ModelCache, threads: Option<usize>) -> Result<LanguageModels> {
         let llm = resolve_model(&self.llm_model, LLM_ROLE, cache)?;
         let embedder = resolve_model(&self.embedding_model, EMBEDDING_ROLE, cache)?;
-        Ok(LanguageModels::new(llm, embedder, threads))
+        Ok(LanguageModels::new(llm, embedder, threads).with_backend(self.llm_backend))
     }
 }
 

@@ -8,7 +8,8 @@ use clap::{Args, ValueEnum};
 use companion_core::SmsMessage;
 use companion_language::priority::IntentMatcher;
 use companion_language::{
-    EMBEDDING_ROLE, Embedder, LLM_ROLE, Llm, summarize_thread, translate_text,
+    Backend, EMBEDDING_ROLE, Embedder, LLM_ROLE, TextGenerator, load_generator, summarize_thread,
+    translate_text,
 };
 use companion_models::{ModelCache, resolve_model};
 use companion_store::Store;
@@ -25,12 +26,15 @@ pub struct ModelArgs {
     /// CPU threads for the model (default: all cores).
     #[arg(long, env = "COMPANION_THREADS")]
     threads: Option<usize>,
+    /// LLM runtime: llama.cpp or candle.
+    #[arg(long, env = "COMPANION_LLM_BACKEND", default_value_t = Backend::default())]
+    llm_backend: Backend,
 }
 
 impl ModelArgs {
-    fn load(&self, models_dir: &Path) -> Result<Llm> {
+    fn load(&self, models_dir: &Path) -> Result<Box<dyn TextGenerator>> {
         let path = resolve_model(&self.llm_model, LLM_ROLE, &ModelCache::new(models_dir))?;
-        Llm::load(&path, self.threads)
+        load_generator(self.llm_backend, &path, self.threads)
             .with_context(|| format!("cannot load the language model {}", path.display()))
     }
 }
@@ -82,7 +86,7 @@ pub fn translate(args: TranslateArgs, models_dir: &Path) -> Result<()> {
         bail!("nothing to translate: the input is empty");
     }
     let llm = args.model.load(models_dir)?;
-    let out = translate_text(&llm, &text, from.as_deref(), &to)?;
+    let out = translate_text(llm.as_ref(), &text, from.as_deref(), &to)?;
     if !out.unsupported.is_empty() {
         eprintln!(
             "companion: warning: the translation states what the original does not: {}",
@@ -164,7 +168,7 @@ pub fn summarize_sms(args: SummarizeSmsArgs, models_dir: &Path) -> Result<()> {
         .map(companion_core::policy::language_code)
         .transpose()?;
     let llm = args.model.load(models_dir)?;
-    let out = summarize_thread(&llm, &messages, language.as_deref())?;
+    let out = summarize_thread(llm.as_ref(), &messages, language.as_deref())?;
     println!(
         "{}",
         json!({

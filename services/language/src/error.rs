@@ -48,6 +48,14 @@ pub enum Error {
     #[error("model error: {0}")]
     Candle(#[from] candle_core::Error),
 
+    /// llama.cpp could not load a model file (the reason is llama.cpp's own message).
+    #[error("llama.cpp cannot load {path}: {reason}")]
+    LlamaLoad { path: PathBuf, reason: String },
+
+    /// llama.cpp failed while running a model.
+    #[error("llama.cpp: {0}")]
+    Llama(String),
+
     /// The prompt does not leave room for a single generated token.
     #[error("prompt of {prompt_tokens} tokens does not fit the context window of {context} tokens")]
     PromptTooLong {

@@ -12,16 +12,39 @@ use tracing::{debug, warn};
 
 use crate::chat::Message;
 use crate::error::{Error, Result};
+use crate::llama::LlamaCpp;
 use crate::llm::{GenerateOptions, Generation, Llm};
 
-/// Anything that answers a chat greedily: the real [`Llm`], or a scripted fake in tests.
+/// Anything that answers a chat greedily: a model on one of the runtimes ([`LlamaCpp`],
+/// candle's [`Llm`]; see [`crate::Backend`]), or a scripted fake in tests.
 pub trait TextGenerator: Send + Sync {
+    /// Applies the model's chat template and generates the assistant's reply greedily.
     fn chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Generation>;
+
+    /// Does the runtime's one-time work (first-use weight repacking, buffers) now rather than
+    /// in the first real call.
+    fn warm_up(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl TextGenerator for Llm {
     fn chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Generation> {
         Llm::chat(self, messages, options)
+    }
+
+    fn warm_up(&self) -> Result<()> {
+        Llm::warm_up(self)
+    }
+}
+
+impl TextGenerator for LlamaCpp {
+    fn chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Generation> {
+        LlamaCpp::chat(self, messages, options)
+    }
+
+    fn warm_up(&self) -> Result<()> {
+        LlamaCpp::warm_up(self)
     }
 }
 
@@ -30,6 +53,8 @@ impl TextGenerator for Llm {
 pub struct Usage {
     pub calls: usize,
     pub prompt_tokens: usize,
+    /// Prompt tokens reused from the KV cache instead of computed.
+    pub cached_prompt_tokens: usize,
     pub generated_tokens: usize,
     pub prompt_ms: f64,
     pub generate_ms: f64,
@@ -39,6 +64,7 @@ impl Usage {
     pub fn add(&mut self, generation: &Generation) {
         self.calls += 1;
         self.prompt_tokens += generation.prompt_tokens;
+        self.cached_prompt_tokens += generation.cached_prompt_tokens;
         self.generated_tokens += generation.generated_tokens;
         self.prompt_ms += generation.prompt_ms;
         self.generate_ms += generation.generate_ms;
@@ -47,6 +73,7 @@ impl Usage {
     pub fn merge(&mut self, other: &Usage) {
         self.calls += other.calls;
         self.prompt_tokens += other.prompt_tokens;
+        self.cached_prompt_tokens += other.cached_prompt_tokens;
         self.generated_tokens += other.generated_tokens;
         self.prompt_ms += other.prompt_ms;
         self.generate_ms += other.generate_ms;
@@ -62,10 +89,12 @@ impl Usage {
         }
     }
 
-    /// Prompt processing speed over all calls.
+    /// Prompt processing speed over all calls, counting the tokens computed (not those
+    /// reused from the KV cache).
     pub fn prompt_tokens_per_sec(&self) -> f64 {
+        let computed = self.prompt_tokens.saturating_sub(self.cached_prompt_tokens);
         if self.prompt_ms > 0.0 {
-            self.prompt_tokens as f64 * 1000.0 / self.prompt_ms
+            computed as f64 * 1000.0 / self.prompt_ms
         } else {
             0.0
         }
@@ -239,6 +268,7 @@ pub(crate) mod tests {
                 generated_tokens: text.len() / 4 + 1,
                 text,
                 prompt_tokens: 100,
+                cached_prompt_tokens: 0,
                 prompt_ms: 10.0,
                 generate_ms: 10.0,
                 stop: StopReason::EndOfTurn,

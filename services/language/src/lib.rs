@@ -1,21 +1,26 @@
-//! Local language models for companion, on the CPU with candle.
+//! Local language models for companion, on the CPU.
 //!
-//! * [`Llm`]: a quantized GGUF chat model (Qwen2.5 `qwen2`, SmolLM2
-//!   `llama`), its byte-level BPE tokenizer rebuilt from the GGUF metadata
-//!   ([`LlmTokenizer`]), the ChatML chat template ([`ChatTemplate`]) and
-//!   deterministic greedy generation ([`Llm::chat`]). One loaded model is
-//!   shared by all jobs; see the [`llm`] module for how its KV cache is kept
-//!   per call.
+//! * Chat models (GGUF; Qwen2.5 `qwen2`, SmolLM2 `llama`) behind one
+//!   trait, [`TextGenerator`], on two runtimes chosen by [`Backend`]:
+//!   [`LlamaCpp`] (llama.cpp, the default: faster, and keeps a shared
+//!   prompt prefix in its KV cache between calls) and [`Llm`] (candle).
+//!   Both rebuild the byte-level BPE tokenizer from the GGUF metadata
+//!   ([`LlmTokenizer`]), apply the ChatML chat template ([`ChatTemplate`])
+//!   and generate deterministically (greedy), so they see the same prompt
+//!   tokens. One loaded model is shared by all jobs; see the [`llama`] and
+//!   [`llm`] modules for how each keeps its KV cache per call.
 //! * [`Embedder`]: sentence embeddings (all-MiniLM-L6-v2, 384 dims,
 //!   unit length) and [`cosine`] similarity.
 //! * [`resolve_model`] / [`installed_model`]: models by manifest name from
 //!   the `companion-models` cache (`companion models fetch NAME`).
 //!
 //! ```no_run
-//! use companion_language::{GenerateOptions, Llm, Message, installed_model, LLM_ROLE};
+//! use companion_language::{
+//!     Backend, GenerateOptions, LLM_ROLE, Message, installed_model, load_generator,
+//! };
 //! # fn main() -> companion_language::Result<()> {
 //! let path = installed_model("qwen2.5-0.5b", LLM_ROLE)?;
-//! let llm = Llm::load(&path, Some(2))?;
+//! let llm = load_generator(Backend::LlamaCpp, &path, Some(2))?;
 //! let answer = llm.chat(
 //!     &[Message::user("What is the capital of France? Answer in one word.")],
 //!     &GenerateOptions::max_new_tokens(16),
@@ -25,12 +30,15 @@
 //! # }
 //! ```
 
+mod backend;
 mod chat;
 mod embed;
 mod error;
 pub mod generate;
+pub mod llama;
 pub mod llm;
 mod models;
+mod pool;
 pub mod priority;
 pub mod prompt;
 mod resolve;
@@ -42,12 +50,14 @@ mod threads;
 mod tokenizer;
 pub mod translate;
 
+pub use backend::{Backend, LLM_BACKEND_ENV, load_generator};
 pub use chat::{ChatTemplate, IM_END, IM_START, Message, Role};
 pub use embed::{
     CONFIG_FILE, Embedder, MAX_TOKENS as EMBED_MAX_TOKENS, TOKENIZER_FILE, WEIGHTS_FILE, cosine,
 };
 pub use error::{Error, Result};
 pub use generate::{Structured, TextGenerator, Usage, Validate, structured, structured_with};
+pub use llama::{LLAMA_CONTEXT_LENGTH, LlamaCpp, LlamaOptions};
 pub use llm::{GenerateOptions, Generation, Llm, LlmInfo, LoadOptions, PREFILL_CHUNK, StopReason};
 pub use models::{LanguageModels, Loaded};
 pub use priority::{

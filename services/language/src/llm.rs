@@ -112,10 +112,14 @@ pub struct Generation {
     pub text: String,
     /// Tokens in the prompt (chat template included).
     pub prompt_tokens: usize,
+    /// Tokens at the start of the prompt whose KV entries an earlier call left in the cache
+    /// and this one reused instead of computing (llama.cpp backend; always 0 with candle).
+    /// `prompt_tokens - cached_prompt_tokens` were computed.
+    pub cached_prompt_tokens: usize,
     /// Tokens sampled, the stop token included.
     pub generated_tokens: usize,
-    /// Wall time of processing the prompt, which also yields the first
-    /// generated token.
+    /// Wall time of processing the prompt (the tokens not reused from the
+    /// cache), which also yields the first generated token.
     pub prompt_ms: f64,
     /// Wall time of the `generated_tokens - 1` single-token steps after it.
     pub generate_ms: f64,
@@ -124,9 +128,14 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Prompt processing speed.
+    /// Prompt tokens computed (not reused from the KV cache).
+    pub fn computed_prompt_tokens(&self) -> usize {
+        self.prompt_tokens.saturating_sub(self.cached_prompt_tokens)
+    }
+
+    /// Prompt processing speed, over the tokens computed.
     pub fn prompt_tokens_per_sec(&self) -> f64 {
-        per_sec(self.prompt_tokens, self.prompt_ms)
+        per_sec(self.computed_prompt_tokens(), self.prompt_ms)
     }
 
     /// Decoding speed (single-token steps per second).
@@ -229,7 +238,7 @@ fn prefill_pieces(len: usize) -> Vec<(usize, usize)> {
 }
 
 /// Index of the largest logit (the first one on ties; NaN never wins).
-fn argmax(logits: &[f32]) -> Option<u32> {
+pub(crate) fn argmax(logits: &[f32]) -> Option<u32> {
     let mut best: Option<(usize, f32)> = None;
     for (i, &v) in logits.iter().enumerate() {
         if v.is_nan() {
@@ -280,6 +289,51 @@ fn metadata_usize(ct: &gguf_file::Content, key: &str) -> Result<usize> {
         .or_else(|_| value.to_u64())
         .map_err(|e| Error::metadata(key, e.to_string()))?;
     usize::try_from(n).map_err(|_| Error::metadata(key, "too large"))
+}
+
+/// What a GGUF chat model's metadata says, apart from the weights: shared by the candle and
+/// the llama.cpp backends so both feed a model the same prompt tokens and stop on the same ones.
+pub(crate) struct ChatModel {
+    pub architecture: String,
+    pub name: Option<String>,
+    pub tokenizer: LlmTokenizer,
+    pub template: ChatTemplate,
+    /// `{architecture}.context_length`.
+    pub meta_context: usize,
+    pub block_count: usize,
+}
+
+impl ChatModel {
+    pub fn from_gguf(content: &gguf_file::Content, path: &Path) -> Result<ChatModel> {
+        let architecture = metadata_string(content, "general.architecture")
+            .ok_or_else(|| Error::metadata("general.architecture", "missing"))?;
+        let name = metadata_string(content, "general.name");
+        let vocab = GgufVocab::from_metadata(&content.metadata)?;
+        let tokenizer = LlmTokenizer::from_vocab(&vocab)?;
+        if tokenizer.token_to_id(IM_START).is_none() || tokenizer.token_to_id(IM_END).is_none() {
+            return Err(Error::UnsupportedChatTemplate(
+                "the vocabulary has no <|im_start|> / <|im_end|> tokens (ChatML)".into(),
+            ));
+        }
+        let template = match &vocab.chat_template {
+            Some(jinja) => ChatTemplate::from_jinja(jinja)?,
+            None => {
+                tracing::warn!(path = %path.display(), "no tokenizer.chat_template; assuming ChatML");
+                ChatTemplate::chatml(None)
+            }
+        };
+        let prefix = |key: &str| format!("{architecture}.{key}");
+        let meta_context = metadata_usize(content, &prefix("context_length"))?;
+        let block_count = metadata_usize(content, &prefix("block_count"))?;
+        Ok(ChatModel {
+            architecture,
+            name,
+            tokenizer,
+            template,
+            meta_context,
+            block_count,
+        })
+    }
 }
 
 /// Weight matrices whose quantization candle runs without SIMD kernels.
@@ -385,30 +439,17 @@ impl Llm {
         let file_size = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let content = gguf_file::Content::read(&mut file).map_err(gguf_err)?;
 
-        let architecture = metadata_string(&content, "general.architecture")
-            .ok_or_else(|| Error::metadata("general.architecture", "missing"))?;
+        let ChatModel {
+            architecture,
+            name,
+            tokenizer,
+            template,
+            meta_context,
+            block_count,
+        } = ChatModel::from_gguf(&content, path)?;
         if !matches!(architecture.as_str(), "qwen2" | "llama") {
             return Err(Error::UnsupportedArchitecture(architecture));
         }
-        let name = metadata_string(&content, "general.name");
-        let vocab = GgufVocab::from_metadata(&content.metadata)?;
-        let tokenizer = LlmTokenizer::from_vocab(&vocab)?;
-        if tokenizer.token_to_id(IM_START).is_none() || tokenizer.token_to_id(IM_END).is_none() {
-            return Err(Error::UnsupportedChatTemplate(
-                "the vocabulary has no <|im_start|> / <|im_end|> tokens (ChatML)".into(),
-            ));
-        }
-        let template = match &vocab.chat_template {
-            Some(jinja) => ChatTemplate::from_jinja(jinja)?,
-            None => {
-                tracing::warn!(path = %path.display(), "no tokenizer.chat_template; assuming ChatML");
-                ChatTemplate::chatml(None)
-            }
-        };
-
-        let prefix = |key: &str| format!("{architecture}.{key}");
-        let meta_context = metadata_usize(&content, &prefix("context_length"))?;
-        let block_count = metadata_usize(&content, &prefix("block_count"))?;
         let device = Device::Cpu;
         let requantize: Vec<String> = if options.requantize {
             slow_tensors(&content)
@@ -521,6 +562,7 @@ impl Llm {
             return Ok(Generation {
                 text: String::new(),
                 prompt_tokens: prompt.len(),
+                cached_prompt_tokens: 0,
                 generated_tokens: 0,
                 prompt_ms: 0.0,
                 generate_ms: 0.0,
@@ -565,6 +607,7 @@ impl Llm {
         let generation = Generation {
             text,
             prompt_tokens: prompt.len(),
+            cached_prompt_tokens: 0,
             generated_tokens: generated.len(),
             prompt_ms,
             generate_ms,

@@ -11,8 +11,8 @@ mod common;
 use std::time::Instant;
 
 use companion_language::{
-    Embedder, GenerateOptions, Generation, Llm, LoadOptions, Message, compute_threads,
-    configure_threads,
+    Embedder, GenerateOptions, Generation, LlamaCpp, LlamaOptions, Llm, LoadOptions, Message,
+    TextGenerator, compute_threads, configure_threads,
 };
 
 const THREADS: usize = 2;
@@ -72,7 +72,7 @@ fn report(label: &str, g: &Generation, cpu: f64) {
     let wall = (g.prompt_ms + g.generate_ms) / 1000.0;
     println!(
         "  {label:<7} prompt {:>4} tok in {:>7.0} ms = {:>6.1} tok/s | generated {:>3} tok in {:>7.0} ms = {:>5.1} tok/s ({:?}) | {:.2} cores busy",
-        g.prompt_tokens,
+        g.computed_prompt_tokens(),
         g.prompt_ms,
         g.prompt_tokens_per_sec(),
         g.generated_tokens,
@@ -238,4 +238,120 @@ fn bench_embeddings() {
         "  64 sentences in {ms:.0} ms = {:.1} sentences/s",
         64.0 * 1000.0 / ms
     );
+}
+
+/// A request that keeps a model writing for at least 100 tokens.
+fn long_answer_prompt(voicemail: &str) -> Vec<Message> {
+    vec![
+        Message::system(
+            "You help a busy office worker with their voicemail. For each message, write a \
+             detailed reply e-mail to the caller: thank them, restate every detail of their \
+             message, answer each of their questions and propose next steps. Write at least \
+             three paragraphs.",
+        ),
+        Message::user(format!("Voicemail transcript: {voicemail}")),
+    ]
+}
+
+const DENTIST: &str = "Hi, this is Martha from Greenleaf Dental calling for Daniel. I'm calling \
+    to confirm your cleaning appointment on Thursday the twelfth at half past two. If that time \
+    no longer works for you, please call us back at five five five, zero one three four, before \
+    Wednesday noon. Also, your insurance card on file has expired, so please bring the new one.";
+const GARAGE: &str = "Hey, it's Tom from Riverside Garage. Your car passed the inspection but \
+    the front brake pads are nearly worn out. We can replace them tomorrow morning for about \
+    two hundred dollars, or you can pick the car up today after four. Let me know what you'd \
+    prefer.";
+
+/// candle and llama.cpp on the same GGUF, prompt and threads, greedy, 100 new tokens; then
+/// llama.cpp's prompt cache: the same prompt again, and another voicemail with the same
+/// instructions; then two calls at once against one after the other.
+fn bench_backends(name: &str) {
+    configure_threads(Some(THREADS));
+    let path = common::llm_path(name);
+    let options = GenerateOptions::max_new_tokens(100);
+    let messages = long_answer_prompt(DENTIST);
+    println!(
+        "\n{name}: threads {THREADS}, 100 new tokens, load average {}",
+        load_average()
+    );
+
+    let candle = Llm::load(&path, Some(THREADS)).unwrap();
+    let no_reuse = LlamaCpp::load_with(
+        &path,
+        &LlamaOptions {
+            threads: Some(THREADS),
+            prefix_reuse: false,
+            ..LlamaOptions::default()
+        },
+    )
+    .unwrap();
+    let generators: [(&str, &dyn TextGenerator); 2] = [("candle", &candle), ("llama", &no_reuse)];
+    for (_, g) in &generators {
+        g.warm_up().unwrap();
+    }
+    // Interleaved rounds, so other load on the machine hits both alike.
+    let mut answers = [String::new(), String::new()];
+    for round in 0..3 {
+        for (i, (label, g)) in generators.iter().enumerate() {
+            let cpu = cpu_secs();
+            let out = g.chat(&messages, &options).unwrap();
+            report(&format!("{label} #{round}"), &out, cpu_secs() - cpu);
+            answers[i] = out.text;
+        }
+    }
+    println!("  candle: {:?}\n  llama:  {:?}", answers[0], answers[1]);
+    drop(candle);
+    drop(no_reuse);
+
+    let llama = std::sync::Arc::new(LlamaCpp::load(&path, Some(THREADS)).unwrap());
+    llama.warm_up().unwrap();
+    for (label, m) in [
+        ("cold", &messages),
+        ("same", &messages),
+        ("other", &long_answer_prompt(GARAGE)),
+    ] {
+        let cpu = cpu_secs();
+        let g = llama.chat(m, &options).unwrap();
+        report(label, &g, cpu_secs() - cpu);
+        println!(
+            "          {} of {} prompt tokens reused; call {:.0} ms",
+            g.cached_prompt_tokens,
+            g.prompt_tokens,
+            g.prompt_ms + g.generate_ms
+        );
+    }
+
+    let started = Instant::now();
+    for m in [&messages, &long_answer_prompt(GARAGE)] {
+        llama.chat(m, &options).unwrap();
+    }
+    let sequential = started.elapsed().as_secs_f64() * 1000.0;
+    let started = Instant::now();
+    let handles: Vec<_> = [DENTIST, GARAGE]
+        .into_iter()
+        .map(|v| {
+            let llama = llama.clone();
+            let options = options.clone();
+            std::thread::spawn(move || llama.chat(&long_answer_prompt(v), &options).unwrap())
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let concurrent = started.elapsed().as_secs_f64() * 1000.0;
+    println!(
+        "  llama.cpp: 2 calls one after the other {sequential:.0} ms, from 2 threads at once {concurrent:.0} ms"
+    );
+}
+
+#[test]
+#[ignore = "benchmark: run in release with --ignored --nocapture"]
+fn bench_backends_qwen25_05b() {
+    bench_backends("qwen2.5-0.5b");
+}
+
+#[test]
+#[ignore = "benchmark: run in release with --ignored --nocapture"]
+fn bench_backends_smollm2_135m() {
+    bench_backends("smollm2-135m");
 }

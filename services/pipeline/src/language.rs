@@ -11,7 +11,7 @@ use companion_core::{
 };
 use companion_language::priority::IntentMatcher;
 use companion_language::{
-    Error as LanguageError, LanguageModels, Llm, Usage, call_summary, translate_items,
+    Error as LanguageError, LanguageModels, TextGenerator, Usage, call_summary, translate_items,
     translate_text, voicemail_tasks,
 };
 use tracing::warn;
@@ -121,7 +121,7 @@ impl LanguageStages<'_> {
         Ok(())
     }
 
-    fn llm(&self, timer: &mut Timer) -> Result<Arc<Llm>, LanguageError> {
+    fn llm(&self, timer: &mut Timer) -> Result<Arc<dyn TextGenerator>, LanguageError> {
         let loaded = self.models.llm()?;
         if loaded.load_ms > 0 {
             timer.add("load_llm", loaded.load_ms);

@@ -1,0 +1,102 @@
+//! `companion bench …`: speed and memory, measured side by side with the peer where there is
+//! one, on this machine. Every number the project claims in docs/BENCHMARKS.md comes from here.
+//!
+//! * `asr`: `companion transcribe` against faster-whisper on the same CTranslate2 weights, the
+//!   same files, beam size and threads, alternating: wall time, ratio, WER, peak RSS.
+//! * `process`: every stage of `companion process` on the synthesized voicemails.
+//! * `llm`: prompt and generation tokens/s of each LLM backend next to the memory-bandwidth
+//!   bound of this machine.
+//! * `decode`: decoding and resampling to 16 kHz against ffmpeg on the same files.
+//! * `load`: model load times.
+
+mod asr;
+mod child;
+mod decode;
+mod llm;
+mod load;
+mod stages;
+mod synth;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// `companion transcribe` against faster-whisper: wall time, WER and peak RSS per file.
+    Asr(asr::AsrArgs),
+    /// Time of every stage of `companion process` on the synthesized voicemails.
+    Process(stages::StagesArgs),
+    /// LLM prompt and generation speed of each backend against the memory-bandwidth bound.
+    Llm(llm::LlmArgs),
+    /// Decoding and resampling speed against ffmpeg.
+    Decode(decode::DecodeArgs),
+    /// Model load times.
+    Load(load::LoadArgs),
+}
+
+/// Where the benchmarks keep what they make: synthesized audio, faster-whisper's environment.
+#[derive(Args, Debug, Clone)]
+pub struct WorkDir {
+    #[arg(long = "work-dir", env = "COMPANION_BENCH_DIR")]
+    dir: Option<PathBuf>,
+}
+
+impl WorkDir {
+    fn path(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir)
+                .join(".cache/companion/bench")
+        })
+    }
+}
+
+pub fn run(command: BenchCommand, models_dir: &Path) -> Result<()> {
+    match command {
+        BenchCommand::Asr(args) => asr::run(args, models_dir),
+        BenchCommand::Process(args) => stages::run(args),
+        BenchCommand::Llm(args) => llm::run(args, models_dir),
+        BenchCommand::Decode(args) => decode::run(args),
+        BenchCommand::Load(args) => load::run(args, models_dir),
+    }
+}
+
+/// Median of the values (the mean of the middle two for an even count); 0 when empty.
+fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The `companion` binary running now, to run its commands as a user would.
+fn companion_exe() -> Result<PathBuf> {
+    std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the companion binary: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(median(&[f64::NAN, 5.0]), 5.0);
+    }
+}
