@@ -13,7 +13,7 @@
 //! # Contexts and the prompt cache
 //!
 //! The model's weights are loaded once; each call gets a llama.cpp context of its own from a
-//! small pool (see [`crate::pool`]), so two threads never touch one context. A context
+//! small pool (`pool.rs`), so two threads never touch one context. A context
 //! remembers the tokens in its KV cache; a call keeps the longest prefix its prompt shares
 //! with them (the fixed system prompt of a voicemail feature), removes the KV entries after it
 //! and computes only the rest. [`Generation::cached_prompt_tokens`] says how many were reused.
@@ -21,8 +21,8 @@
 //! Calls from several threads proceed side by side, but their computations take turns on the
 //! CPU cores: ggml's threads spin while they wait for each other, and two computations with
 //! more threads than cores between them run many times slower than one after the other. Each
-//! `llama_decode` takes as many of the process's cores as the call has threads (see
-//! [`crate::pool::Cores`]), so on 2 cores with 2 threads two calls interleave their steps.
+//! `llama_decode` takes as many of the process's cores as the call has threads (`Cores` in
+//! `pool.rs`), so on 2 cores with 2 threads two calls interleave their steps.
 //!
 //! A context allocates its whole KV cache up front (f16: 2 × layers × KV width × 2 bytes per
 //! token; Qwen2.5-0.5B: 12 KiB per token, 96 MiB for 8192 tokens; 1.5B: 28 KiB, 224 MiB), so
@@ -33,17 +33,20 @@
 //! # One ggml in the process
 //!
 //! whisper-rs-sys and llama-cpp-sys-2 each build ggml and link it statically, so the program
-//! holds two copies of every ggml symbol in two archives; the linker takes each symbol from the
-//! first archive that defines it, so one copy serves both engines (in the workspace's binaries,
-//! checked with a link map: every ggml object comes from whisper-rs-sys; llama-cpp-sys-2
-//! contributes only llama.cpp's own objects). That is only sound because the workspace pins a
-//! llama-cpp-2 whose bundled ggml is the same version and source as whisper.cpp's (0.9.5; only
-//! `gguf.cpp`'s file writer differs, which neither engine uses for inference) and built with
-//! the same switches (OpenMP off in both; CPU features from `-C target-cpu`). The build
-//! settings of the copy that is linked apply to llama.cpp too: whisper-rs-sys's, which leave
-//! out llamafile's matrix kernels (`GGML_LLAMAFILE`) that a standalone llama.cpp build has.
-//! `tests/ggml.rs` runs both engines in one process, in either order. Upgrading either crate
-//! means comparing their ggml again.
+//! holds two copies of every ggml symbol in two archives. The linker (rust-lld) takes each
+//! symbol from the first archive that defines it, so one copy serves both engines: in the
+//! workspace's binaries, checked with a link map, every ggml object comes from whisper-rs-sys
+//! and llama-cpp-sys-2 contributes only llama.cpp's own objects (a linker that scans archives
+//! in one pass, like GNU ld, could mix objects of the two copies). That is only sound because
+//! the workspace pins a llama-cpp-2 whose bundled ggml is the same version and source as
+//! whisper.cpp's (0.9.5; only `gguf.cpp`'s file writer differs, which neither engine uses for
+//! inference), and both are built with OpenMP off and for the same CPU (both native without
+//! `RUSTFLAGS`; with `-C target-cpu=X` llama-cpp-sys-2 compiles for X while whisper-rs-sys
+//! follows the `GGML_*` variables, which the Dockerfile sets to match). The build settings of
+//! the linked copy apply to llama.cpp too: whisper-rs-sys's, which leave out the llamafile
+//! matrix kernels (`GGML_LLAMAFILE`) of a standalone llama.cpp build. `tests/ggml.rs` runs
+//! both engines in one process, in either order. Upgrading either crate means comparing their
+//! ggml again.
 
 use std::ffi::{CStr, c_char, c_void};
 use std::num::NonZeroU32;
