@@ -142,7 +142,7 @@ pub fn file(name: &str, bytes: &[u8]) -> PathBuf {
 
 /// The model the tests run: `COMPANION_TEST_ASR_MODEL`, else the default multilingual one.
 pub fn asr_model() -> String {
-    std::env::var("COMPANION_TEST_ASR_MODEL").unwrap_or_else(|_| "whisper-base".into())
+    std::env::var("COMPANION_TEST_ASR_MODEL").unwrap_or_else(|_| "whisper-base-q8_0".into())
 }
 
 /// Runs `companion` with the given arguments and a store in the scratch directory. One run at

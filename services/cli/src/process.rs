@@ -28,7 +28,7 @@ use crate::output::{OutputFormat, render};
 #[derive(Args, Clone, Debug)]
 pub struct PipelineArgs {
     /// Whisper model: a name from `companion models list` or the path of any GGML Whisper file.
-    #[arg(long, env = "COMPANION_ASR_MODEL", default_value = "whisper-base")]
+    #[arg(long, env = "COMPANION_ASR_MODEL", default_value = "whisper-base-q8_0")]
     pub asr_model: String,
     /// Beam width; 1 decodes greedily.
     #[arg(long, env = "COMPANION_BEAM_SIZE", default_value_t = 5)]
@@ -61,12 +61,13 @@ pub struct PipelineArgs {
     /// Largest input file accepted, in bytes.
     #[arg(long, env = "COMPANION_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_bytes: u64,
-    /// Speech shorter than 30 s: run Whisper's encoder over the speech only, not over a 30 s
-    /// window of padding (faster; see docs/BENCHMARKS.md for its effect on accuracy).
-    #[arg(long, env = "COMPANION_FIT_ENCODER", default_value_t = false, action = clap::ArgAction::Set)]
+    /// Speech shorter than 28 s: run Whisper's encoder over the speech only, not over a 30 s
+    /// window of padding, and detect the language from the first 10 s (several times faster
+    /// on short voicemails at the same accuracy; docs/BENCHMARKS.md).
+    #[arg(long, env = "COMPANION_FIT_ENCODER", default_value_t = true, action = clap::ArgAction::Set)]
     pub fit_encoder: bool,
-    /// whisper.cpp's flash attention.
-    #[arg(long, env = "COMPANION_FLASH_ATTN", default_value_t = true, action = clap::ArgAction::Set)]
+    /// whisper.cpp's flash attention (less memory; slower on CPU, docs/BENCHMARKS.md).
+    #[arg(long, env = "COMPANION_FLASH_ATTN", default_value_t = false, action = clap::ArgAction::Set)]
     pub flash_attn: bool,
 }
 

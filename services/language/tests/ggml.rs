@@ -60,8 +60,8 @@ fn run(program: &str, args: &[&str]) {
 }
 
 fn whisper_path() -> PathBuf {
-    resolve_asr_model("whisper-base", &ModelCache::default())
-        .unwrap_or_else(|e| panic!("{e}\nrun `companion models fetch whisper-base`"))
+    resolve_asr_model("whisper-base-q8_0", &ModelCache::default())
+        .unwrap_or_else(|e| panic!("{e}\nrun `companion models fetch whisper-base-q8_0`"))
 }
 
 fn transcribe(model: &SpeechModel, samples: &[f32]) -> String {

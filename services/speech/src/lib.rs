@@ -15,6 +15,9 @@ use whisper_rs::{
 pub use words::{collapse_loops, words_from_tokens};
 
 const SAMPLE_RATE: usize = 16_000;
+/// Speech language detection listens to when the encoder is fitted to the audio: its encoder
+/// pass then costs a third of a 30 s window's.
+const DETECTION_SECONDS_FITTED: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpeechError {
@@ -50,8 +53,9 @@ pub struct TranscribeOptions {
     /// Also produce an English translation with Whisper's own translate task.
     pub translate_to_english: bool,
     /// For speech shorter than Whisper's 30 s window, run the encoder over the speech only
-    /// (plus a margin) instead of over 30 s of mostly padding. Speeds up short recordings
-    /// several times; `companion bench asr` measures what it does to the word error rate.
+    /// (plus a margin) instead of over 30 s of mostly padding, and detect the language from the
+    /// first 10 s. Speeds up short recordings several times; `companion bench asr` measures
+    /// what it does to the word error rate.
     pub fit_encoder_to_audio: bool,
 }
 
@@ -62,7 +66,7 @@ impl Default for TranscribeOptions {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
             languages: Vec::new(),
             translate_to_english: false,
-            fit_encoder_to_audio: false,
+            fit_encoder_to_audio: true,
         }
     }
 }
@@ -105,13 +109,14 @@ pub struct Recognition {
 /// How a Whisper model is loaded.
 #[derive(Debug, Clone)]
 pub struct SpeechModelOptions {
-    /// whisper.cpp's flash attention kernels (same results, less time and memory).
+    /// whisper.cpp's flash attention kernels: less memory, but slower on CPU than the plain
+    /// attention with ggml's tiled matrix kernels (docs/BENCHMARKS.md).
     pub flash_attn: bool,
 }
 
 impl Default for SpeechModelOptions {
     fn default() -> Self {
-        SpeechModelOptions { flash_attn: true }
+        SpeechModelOptions { flash_attn: false }
     }
 }
 
@@ -124,7 +129,7 @@ pub struct SpeechModel {
 static LOG_HOOKS: Once = Once::new();
 
 impl SpeechModel {
-    /// Loads a GGML Whisper file with flash attention on.
+    /// Loads a GGML Whisper file with the default options.
     pub fn load(path: &Path) -> Result<SpeechModel, SpeechError> {
         Self::load_with(path, &SpeechModelOptions::default())
     }
@@ -200,8 +205,9 @@ impl SpeechModel {
         })
     }
 
-    /// Spoken language from the first 30 s, restricted to the allowlist. English-only models
-    /// can only hear English; an allowlist of one language needs no detection.
+    /// Spoken language from the first 30 s (10 s with a fitted encoder), restricted to the
+    /// allowlist. English-only models can only hear English; an allowlist of one language needs
+    /// no detection.
     fn detect_language(
         &self,
         state: &mut WhisperState,
@@ -221,10 +227,18 @@ impl SpeechModel {
                 probability: 1.0,
             }));
         }
-        let head = &samples[..samples.len().min(30 * SAMPLE_RATE)];
-        state
-            .pcm_to_mel(head, opts.threads as usize)
-            .map_err(inference)?;
+        let head_seconds = if opts.fit_encoder_to_audio {
+            DETECTION_SECONDS_FITTED
+        } else {
+            30
+        };
+        let head = &samples[..samples.len().min(head_seconds * SAMPLE_RATE)];
+        match fitted_audio_ctx(head.len()).filter(|_| opts.fit_encoder_to_audio) {
+            Some(audio_ctx) => prepare_fitted_detection(state, head, audio_ctx, opts.threads)?,
+            None => state
+                .pcm_to_mel(head, opts.threads as usize)
+                .map_err(inference)?,
+        }
         let (_, probs) = state
             .lang_detect(0, opts.threads as usize)
             .map_err(inference)?;
@@ -323,6 +337,39 @@ impl SpeechModel {
         debug!(segments = segments.len(), translate, "whisper pass done");
         Ok(segments)
     }
+}
+
+/// Computes the mel spectrogram of `head` and sets the encoder context that language detection
+/// will use to `audio_ctx`. whisper.cpp's detection takes that size from the state's last
+/// `full` call and has no parameter of its own, so this runs a `full` call over the head that
+/// stops at its first encoder pass (the encoder-begin callback refuses): the mel and the size
+/// are set, no model pass is made and no text is produced.
+fn prepare_fitted_detection(
+    state: &mut WhisperState,
+    head: &[f32],
+    audio_ctx: i32,
+    threads: u32,
+) -> Result<(), SpeechError> {
+    unsafe extern "C" fn refuse_encoding(
+        _ctx: *mut whisper_rs::WhisperSysContext,
+        _state: *mut whisper_rs::WhisperSysState,
+        _user_data: *mut std::ffi::c_void,
+    ) -> bool {
+        false
+    }
+    let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+    params.set_n_threads(threads as i32);
+    // A language is given so that `full` does not detect one itself (an encoder pass).
+    params.set_language(Some("en"));
+    params.set_audio_ctx(audio_ctx);
+    params.set_print_progress(false);
+    params.set_print_realtime(false);
+    params.set_print_special(false);
+    params.set_print_timestamps(false);
+    // SAFETY: the callback touches neither pointer; it only answers "do not encode".
+    unsafe { params.set_start_encoder_callback(Some(refuse_encoding)) };
+    state.full(params, head).map_err(inference)?;
+    Ok(())
 }
 
 /// Encoder positions (20 ms each, 1500 for Whisper's 30 s window) covering `samples` at

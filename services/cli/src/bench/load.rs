@@ -16,7 +16,7 @@ use super::median;
 #[derive(Args, Debug)]
 pub struct LoadArgs {
     /// Whisper models (names or GGML files).
-    #[arg(long, value_delimiter = ',', default_value = "whisper-base")]
+    #[arg(long, value_delimiter = ',', default_value = "whisper-base-q8_0")]
     asr_models: Vec<String>,
     /// Chat models (names or GGUF files).
     #[arg(long, value_delimiter = ',', default_value = crate::process::DEFAULT_LLM)]
