@@ -15,7 +15,8 @@
 # GGML_* variables for whisper.cpp (whisper-rs-sys passes every GGML_*/WHISPER_*/CMAKE_* environment variable to
 # cmake as -D…; GGML_NATIVE=OFF plus the explicit instruction-set switches replace -march=native).
 # A plain `cargo build` from a checkout uses .cargo/config.toml (`-C target-cpu=native`: fastest, for the build
-# machine only); RUSTFLAGS, as set below, replaces it.
+# machine only); RUSTFLAGS, as set below, replaces it. GGML_LLAMAFILE=ON (ggml's tiled matrix kernels, in
+# .cargo/config.toml for checkouts) is set below too: .cargo/ is not part of the build context.
 # Pin the node pool (e.g. a node affinity on feature.node.kubernetes.io/cpu-cpuid.AVX2) if clusters are mixed.
 
 ARG RUST_IMAGE=rust:1.95-bookworm
@@ -42,6 +43,7 @@ COPY tests tests
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     set -eu; \
+    export GGML_LLAMAFILE=ON; \
     ggml_x86() { \
       export GGML_NATIVE=OFF GGML_SSE42="$1" \
              GGML_AVX="$2" GGML_AVX2="$2" GGML_FMA="$2" GGML_F16C="$2" GGML_BMI2="$2" \

@@ -62,8 +62,8 @@ pub struct PipelineArgs {
     #[arg(long, env = "COMPANION_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_bytes: u64,
     /// Speech shorter than 28 s: run Whisper's encoder over the speech only, not over a 30 s
-    /// window of padding, and detect the language from the first 10 s (several times faster
-    /// on short voicemails at the same accuracy; docs/BENCHMARKS.md).
+    /// window of padding (several times faster on short voicemails at the same accuracy;
+    /// docs/BENCHMARKS.md).
     #[arg(long, env = "COMPANION_FIT_ENCODER", default_value_t = true, action = clap::ArgAction::Set)]
     pub fit_encoder: bool,
     /// whisper.cpp's flash attention (less memory; slower on CPU, docs/BENCHMARKS.md).

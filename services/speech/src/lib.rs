@@ -15,9 +15,6 @@ use whisper_rs::{
 pub use words::{collapse_loops, words_from_tokens};
 
 const SAMPLE_RATE: usize = 16_000;
-/// Speech language detection listens to when the encoder is fitted to the audio: its encoder
-/// pass then costs a third of a 30 s window's.
-const DETECTION_SECONDS_FITTED: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpeechError {
@@ -53,8 +50,8 @@ pub struct TranscribeOptions {
     /// Also produce an English translation with Whisper's own translate task.
     pub translate_to_english: bool,
     /// For speech shorter than Whisper's 30 s window, run the encoder over the speech only
-    /// (plus a margin) instead of over 30 s of mostly padding, and detect the language from the
-    /// first 10 s. Speeds up short recordings several times; `companion bench asr` measures
+    /// (plus a margin) instead of over 30 s of mostly padding, for language detection and
+    /// transcription. Speeds up short recordings several times; `companion bench asr` measures
     /// what it does to the word error rate.
     pub fit_encoder_to_audio: bool,
 }
@@ -205,9 +202,8 @@ impl SpeechModel {
         })
     }
 
-    /// Spoken language from the first 30 s (10 s with a fitted encoder), restricted to the
-    /// allowlist. English-only models can only hear English; an allowlist of one language needs
-    /// no detection.
+    /// Spoken language from the first 30 s, restricted to the allowlist. English-only models
+    /// can only hear English; an allowlist of one language needs no detection.
     fn detect_language(
         &self,
         state: &mut WhisperState,
@@ -227,12 +223,7 @@ impl SpeechModel {
                 probability: 1.0,
             }));
         }
-        let head_seconds = if opts.fit_encoder_to_audio {
-            DETECTION_SECONDS_FITTED
-        } else {
-            30
-        };
-        let head = &samples[..samples.len().min(head_seconds * SAMPLE_RATE)];
+        let head = &samples[..samples.len().min(30 * SAMPLE_RATE)];
         match fitted_audio_ctx(head.len()).filter(|_| opts.fit_encoder_to_audio) {
             Some(audio_ctx) => prepare_fitted_detection(state, head, audio_ctx, opts.threads)?,
             None => state
