@@ -104,17 +104,11 @@ pub struct Recognition {
 }
 
 /// How a Whisper model is loaded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SpeechModelOptions {
     /// whisper.cpp's flash attention kernels: less memory, but slower on CPU than the plain
-    /// attention with ggml's tiled matrix kernels (docs/BENCHMARKS.md).
+    /// attention with ggml's tiled matrix kernels (docs/BENCHMARKS.md). Off by default.
     pub flash_attn: bool,
-}
-
-impl Default for SpeechModelOptions {
-    fn default() -> Self {
-        SpeechModelOptions { flash_attn: false }
-    }
 }
 
 /// A loaded Whisper model, shared across jobs.
