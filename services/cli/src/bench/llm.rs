@@ -75,7 +75,7 @@ pub fn run(args: LlmArgs, models_dir: &Path) -> Result<()> {
     ];
     let options = GenerateOptions::max_new_tokens(args.max_new_tokens);
     println!(
-        "backend\tload_ms\tprompt_tokens\tprompt_tok_s\tgenerated\tgen_tok_s\tof_bound\tfirst_call_ms\tlater_call_ms"
+        "backend\tload_ms\tprompt_tokens\tprompt_tok_s\tgenerated\tgen_tok_s\tof_bound\tfirst_call_ms\tlater_call_ms\tlater_reused_tokens"
     );
     for backend in &args.backends {
         let started = Instant::now();
@@ -85,12 +85,23 @@ pub fn run(args: LlmArgs, models_dir: &Path) -> Result<()> {
         for _ in 0..args.rounds {
             runs.push(generator.chat(&messages, &options)?);
         }
-        let prompt: Vec<f64> = runs.iter().map(|g| g.prompt_tokens_per_sec()).collect();
+        // Prompt speed from the calls that computed the whole prompt: a later llama.cpp call
+        // reuses the KV cache of the same prompt and computes almost none of it.
+        let prompt: Vec<f64> = runs
+            .iter()
+            .filter(|g| g.cached_prompt_tokens == 0)
+            .map(Generation::prompt_tokens_per_sec)
+            .collect();
         let generate: Vec<f64> = runs.iter().map(|g| g.generate_tokens_per_sec()).collect();
         let call_ms = |g: &Generation| g.prompt_ms + g.generate_ms;
         let gen_median = median(&generate);
+        let reused: Vec<f64> = runs
+            .iter()
+            .skip(1)
+            .map(|g| g.cached_prompt_tokens as f64)
+            .collect();
         println!(
-            "{backend}\t{load_ms:.0}\t{}\t{:.1}\t{}\t{:.1}\t{:.0}%\t{:.0}\t{:.0}",
+            "{backend}\t{load_ms:.0}\t{}\t{:.1}\t{}\t{:.1}\t{:.0}%\t{:.0}\t{:.0}\t{:.0}",
             runs[0].prompt_tokens,
             median(&prompt[if prompt.len() > 1 { 1.. } else { 0.. }]),
             runs[0].generated_tokens,
@@ -98,6 +109,7 @@ pub fn run(args: LlmArgs, models_dir: &Path) -> Result<()> {
             gen_median / bound * 100.0,
             call_ms(&runs[0]),
             median(&runs.iter().skip(1).map(call_ms).collect::<Vec<_>>()),
+            median(&reused),
         );
     }
     Ok(())
