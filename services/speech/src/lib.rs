@@ -3,6 +3,7 @@
 
 mod words;
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
@@ -180,12 +181,18 @@ impl SpeechModel {
             return Ok(Recognition::default());
         }
         let mut state = self.ctx.create_state().map_err(inference)?;
-        let language = self.detect_language(&mut state, samples, opts)?;
+        let chunks = if opts.fit_encoder_to_audio {
+            plan_chunks(samples, MAX_FITTED_CHUNK)
+        } else {
+            vec![0..samples.len()]
+        };
+        debug!(chunks = chunks.len(), "speech cut for the fitted encoder");
+        let language = self.detect_language(&mut state, &samples[chunks[0].clone()], opts)?;
         let code = language.as_ref().map(|l| l.code.clone());
-        let segments = self.run(&mut state, samples, opts, code.as_deref(), false)?;
+        let segments = self.run_chunks(&mut state, samples, &chunks, opts, code.as_deref(), false)?;
         let english = match code.as_deref() {
             Some(code) if opts.translate_to_english && code != "en" && !segments.is_empty() => {
-                Some(self.run(&mut state, samples, opts, Some(code), true)?)
+                Some(self.run_chunks(&mut state, samples, &chunks, opts, Some(code), true)?)
             }
             _ => None,
         };
@@ -196,12 +203,12 @@ impl SpeechModel {
         })
     }
 
-    /// Spoken language from the first 30 s, restricted to the allowlist. English-only models
+    /// Spoken language from `head` (at most the first 30 s are heard), restricted to the allowlist. English-only models
     /// can only hear English; an allowlist of one language needs no detection.
     fn detect_language(
         &self,
         state: &mut WhisperState,
-        samples: &[f32],
+        head: &[f32],
         opts: &TranscribeOptions,
     ) -> Result<Option<Language>, SpeechError> {
         if !self.is_multilingual() {
@@ -217,7 +224,7 @@ impl SpeechModel {
                 probability: 1.0,
             }));
         }
-        let head = &samples[..samples.len().min(30 * SAMPLE_RATE)];
+        let head = &head[..head.len().min(30 * SAMPLE_RATE)];
         match fitted_audio_ctx(head.len()).filter(|_| opts.fit_encoder_to_audio) {
             Some(audio_ctx) => prepare_fitted_detection(state, head, audio_ctx, opts.threads)?,
             None => state
@@ -228,6 +235,33 @@ impl SpeechModel {
             .lang_detect(0, opts.threads as usize)
             .map_err(inference)?;
         Ok(pick_language(&probs, &opts.languages))
+    }
+
+    /// Runs Whisper over each chunk in turn, the segments moved to the timeline of `samples`.
+    fn run_chunks(
+        &self,
+        state: &mut WhisperState,
+        samples: &[f32],
+        chunks: &[Range<usize>],
+        opts: &TranscribeOptions,
+        language: Option<&str>,
+        translate: bool,
+    ) -> Result<Vec<Segment>, SpeechError> {
+        let mut segments = Vec::new();
+        for chunk in chunks {
+            let offset_s = chunk.start as f64 / SAMPLE_RATE as f64;
+            let mut found = self.run(state, &samples[chunk.clone()], opts, language, translate)?;
+            for segment in &mut found {
+                segment.start_s += offset_s;
+                segment.end_s += offset_s;
+                for word in &mut segment.words {
+                    word.start_s += offset_s;
+                    word.end_s += offset_s;
+                }
+            }
+            segments.append(&mut found);
+        }
+        Ok(segments)
     }
 
     fn run(
@@ -368,6 +402,41 @@ fn fitted_audio_ctx(samples: usize) -> Option<i32> {
     (positions < FULL).then_some(positions as i32)
 }
 
+/// The longest audio the encoder can be fitted to (see [`fitted_audio_ctx`]).
+const MAX_FITTED_CHUNK: usize = 26 * SAMPLE_RATE;
+
+/// Cuts `samples` into consecutive ranges of at most `max` samples, so that long speech runs
+/// through an encoder fitted to each piece instead of through whole 30 s windows. Each cut
+/// goes at the quietest 50 ms in the second half of the span it ends (between the joined
+/// regions of voice activity detection, or in a pause), so no word is split.
+fn plan_chunks(samples: &[f32], max: usize) -> Vec<Range<usize>> {
+    const FRAME: usize = SAMPLE_RATE / 100;
+    const QUIET_FRAMES: usize = 5;
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    while samples.len() - start > max {
+        let energy = |frame: usize| -> f32 {
+            let from = start + frame * FRAME;
+            samples[from..from + FRAME].iter().map(|x| x * x).sum()
+        };
+        let first = max / 2 / FRAME;
+        let last = max / FRAME - QUIET_FRAMES;
+        let mut window: f32 = (first..first + QUIET_FRAMES).map(energy).sum();
+        let (mut best, mut best_frame) = (window, first);
+        for frame in first + 1..=last {
+            window += energy(frame + QUIET_FRAMES - 1) - energy(frame - 1);
+            if window < best {
+                (best, best_frame) = (window, frame);
+            }
+        }
+        let cut = start + (best_frame + QUIET_FRAMES / 2) * FRAME;
+        chunks.push(start..cut);
+        start = cut;
+    }
+    chunks.push(start..samples.len());
+    chunks
+}
+
 /// The most probable language among the allowed ones, with its probability renormalised over
 /// the allowlist (so an allowlist of two gives a probability between the two).
 fn pick_language(probs: &[f32], allowlist: &[String]) -> Option<Language> {
@@ -430,6 +499,41 @@ mod tests {
         // 28 s and more need the whole window.
         assert_eq!(fitted_audio_ctx(28 * SAMPLE_RATE), None);
         assert_eq!(fitted_audio_ctx(90 * SAMPLE_RATE), None);
+    }
+
+    #[test]
+    fn long_speech_is_cut_at_its_quietest_points() {
+        let tone = |n: usize| (0..n).map(|i| (i as f32 * 0.05).sin() * 0.3);
+        // 40 s of tone with a 200 ms pause at 15 s and another at 34 s.
+        let mut samples: Vec<f32> = tone(15 * SAMPLE_RATE).collect();
+        samples.extend(std::iter::repeat_n(0.0, SAMPLE_RATE / 5));
+        samples.extend(tone(19 * SAMPLE_RATE - SAMPLE_RATE / 5));
+        samples.extend(std::iter::repeat_n(0.0, SAMPLE_RATE / 5));
+        samples.extend(tone(6 * SAMPLE_RATE - SAMPLE_RATE / 5));
+        let chunks = plan_chunks(&samples, MAX_FITTED_CHUNK);
+        assert_eq!(chunks.len(), 2, "{chunks:?}");
+        assert_eq!(chunks[0].start, 0);
+        assert_eq!(chunks[1].end, samples.len());
+        assert_eq!(chunks[0].end, chunks[1].start);
+        let pause = 15 * SAMPLE_RATE..15 * SAMPLE_RATE + SAMPLE_RATE / 5;
+        assert!(pause.contains(&chunks[0].end), "{chunks:?}");
+        for chunk in &chunks {
+            assert!(fitted_audio_ctx(chunk.len()).is_some(), "{chunk:?}");
+        }
+    }
+
+    #[test]
+    fn speech_without_pauses_is_still_cut_to_fit() {
+        let samples: Vec<f32> = (0..95 * SAMPLE_RATE).map(|i| (i as f32 * 0.01).sin()).collect();
+        let chunks = plan_chunks(&samples, MAX_FITTED_CHUNK);
+        assert!(chunks.len() >= 4, "{chunks:?}");
+        assert_eq!(chunks.last().unwrap().end, samples.len());
+        for pair in chunks.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+        }
+        assert!(chunks.iter().all(|c| fitted_audio_ctx(c.len()).is_some()));
+        // Short audio stays whole.
+        assert_eq!(plan_chunks(&samples[..SAMPLE_RATE], MAX_FITTED_CHUNK), vec![0..SAMPLE_RATE]);
     }
 
     #[test]
