@@ -265,3 +265,46 @@ fn long_recordings_are_transcribed_to_the_end() {
         "times are on the recording's timeline: {line}"
     );
 }
+
+#[test]
+fn speech_longer_than_one_window_is_transcribed_in_order() {
+    // About 45 s of speech without a long pause: Whisper hears it in pieces (cut at pauses so
+    // the encoder fits each), which must come back whole and in order.
+    let text = "Good morning, this is Martin from the building office. \
+        The elevator on the north side will be out of service from Monday until Wednesday. \
+        Deliveries should use the loading dock behind the cafeteria during that time. \
+        The fire alarm test is scheduled for Thursday at ten in the morning. \
+        Please remind your team that the doors will close automatically during the test. \
+        If you have questions, call the front desk, and have a wonderful weekend.";
+    let wav = speak("long_speech.wav", "en+f2", text);
+    let (lines, out) = transcribe(&[&wav], &["--beam-size", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = &lines[0];
+    assert!(line["duration_s"].as_f64().unwrap() > 30.0, "{line}");
+    let heard = transcript(line);
+    for word in ["martin", "elevator", "cafeteria", "thursday", "weekend"] {
+        assert!(heard.contains(word), "{word:?} missing: {heard}");
+        assert_eq!(heard.matches(word).count(), 1, "{word:?} repeated: {heard}");
+    }
+    let order: Vec<usize> = ["martin", "elevator", "cafeteria", "thursday", "weekend"]
+        .iter()
+        .map(|w| heard.find(w).unwrap())
+        .collect();
+    assert!(order.windows(2).all(|p| p[0] < p[1]), "{heard}");
+    let segments = line["transcript"]["segments"].as_array().unwrap();
+    let times: Vec<(f64, f64)> = segments
+        .iter()
+        .map(|s| (s["start_s"].as_f64().unwrap(), s["end_s"].as_f64().unwrap()))
+        .collect();
+    assert!(
+        times
+            .windows(2)
+            .all(|p| p[0].0 <= p[1].0 && p[0].1 <= p[1].1 + 0.5),
+        "segments out of order: {times:?}"
+    );
+    assert!(times.last().unwrap().1 > 30.0, "{times:?}");
+}

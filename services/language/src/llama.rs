@@ -65,7 +65,9 @@ use llama_cpp_2::token::LlamaToken;
 
 use crate::chat::{ChatTemplate, Message};
 use crate::error::{Error, Result};
-use crate::llm::{ChatModel, GenerateOptions, Generation, LlmInfo, StopReason, argmax};
+use crate::llm::{
+    ChatModel, GenerateOptions, Generation, LlmInfo, StopReason, argmax, token_budget,
+};
 use crate::pool::{Cores, Pool, Slot};
 use crate::threads::configure_threads;
 use crate::tokenizer::LlmTokenizer;
@@ -346,24 +348,9 @@ impl LlamaCpp {
     /// Greedy generation from raw prompt token ids, until a stop token, the token budget or
     /// the end of the context window.
     pub fn generate(&self, prompt: &[u32], options: &GenerateOptions) -> Result<Generation> {
-        let context = self.info.context_length;
-        if prompt.is_empty() || prompt.len() >= context {
-            return Err(Error::PromptTooLong {
-                prompt_tokens: prompt.len(),
-                context,
-            });
-        }
-        let budget = options.max_new_tokens.min(context - prompt.len());
+        let budget = token_budget(prompt, self.info.context_length, options)?;
         if budget == 0 {
-            return Ok(Generation {
-                text: String::new(),
-                prompt_tokens: prompt.len(),
-                cached_prompt_tokens: 0,
-                generated_tokens: 0,
-                prompt_ms: 0.0,
-                generate_ms: 0.0,
-                stop: StopReason::MaxTokens,
-            });
+            return Ok(Generation::nothing(prompt.len()));
         }
 
         let mut lease = self.pool.checkout(prompt, || self.new_context())?;

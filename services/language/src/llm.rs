@@ -128,6 +128,19 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// The empty answer to a prompt of `prompt_tokens` tokens when no token may be generated.
+    pub(crate) fn nothing(prompt_tokens: usize) -> Generation {
+        Generation {
+            text: String::new(),
+            prompt_tokens,
+            cached_prompt_tokens: 0,
+            generated_tokens: 0,
+            prompt_ms: 0.0,
+            generate_ms: 0.0,
+            stop: StopReason::MaxTokens,
+        }
+    }
+
     /// Prompt tokens computed (not reused from the KV cache).
     pub fn computed_prompt_tokens(&self) -> usize {
         self.prompt_tokens.saturating_sub(self.cached_prompt_tokens)
@@ -235,6 +248,23 @@ fn prefill_pieces(len: usize) -> Vec<(usize, usize)> {
         .step_by(PREFILL_CHUNK)
         .map(|pos| (pos, PREFILL_CHUNK.min(len - pos)))
         .collect()
+}
+
+/// How many tokens a call may generate after `prompt` in a window of `context` tokens: the
+/// budget, cut to what is left of the window. An empty prompt, or one that fills the window,
+/// is an error.
+pub(crate) fn token_budget(
+    prompt: &[u32],
+    context: usize,
+    options: &GenerateOptions,
+) -> Result<usize> {
+    if prompt.is_empty() || prompt.len() >= context {
+        return Err(Error::PromptTooLong {
+            prompt_tokens: prompt.len(),
+            context,
+        });
+    }
+    Ok(options.max_new_tokens.min(context - prompt.len()))
 }
 
 /// Index of the largest logit (the first one on ties; NaN never wins).
@@ -549,26 +579,11 @@ impl Llm {
     /// Greedy generation from raw prompt token ids, until a stop token, the
     /// token budget or the end of the context window.
     pub fn generate(&self, prompt: &[u32], options: &GenerateOptions) -> Result<Generation> {
-        let context = self.info.context_length;
-        if prompt.is_empty() || prompt.len() >= context {
-            return Err(Error::PromptTooLong {
-                prompt_tokens: prompt.len(),
-                context,
-            });
-        }
-        let budget = options.max_new_tokens.min(context - prompt.len());
-        let mut generated: Vec<u32> = Vec::with_capacity(budget);
+        let budget = token_budget(prompt, self.info.context_length, options)?;
         if budget == 0 {
-            return Ok(Generation {
-                text: String::new(),
-                prompt_tokens: prompt.len(),
-                cached_prompt_tokens: 0,
-                generated_tokens: 0,
-                prompt_ms: 0.0,
-                generate_ms: 0.0,
-                stop: StopReason::MaxTokens,
-            });
+            return Ok(Generation::nothing(prompt.len()));
         }
+        let mut generated: Vec<u32> = Vec::with_capacity(budget);
 
         let mut session = Session::start(&self.weights, &self.device);
         let started = Instant::now();

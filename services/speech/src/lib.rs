@@ -50,10 +50,10 @@ pub struct TranscribeOptions {
     pub languages: Vec<String>,
     /// Also produce an English translation with Whisper's own translate task.
     pub translate_to_english: bool,
-    /// For speech shorter than Whisper's 30 s window, run the encoder over the speech only
-    /// (plus a margin) instead of over 30 s of mostly padding, for language detection and
-    /// transcription. Speeds up short recordings several times; `companion bench asr` measures
-    /// what it does to the word error rate.
+    /// Run the encoder over the speech only (plus a margin) instead of over 30 s windows of
+    /// mostly padding, for language detection and transcription; speech longer than 26 s is
+    /// first cut at its quietest points into pieces that short. Speeds up short recordings
+    /// several times; `companion bench asr` measures what it does to the word error rate.
     pub fit_encoder_to_audio: bool,
 }
 
@@ -189,7 +189,8 @@ impl SpeechModel {
         debug!(chunks = chunks.len(), "speech cut for the fitted encoder");
         let language = self.detect_language(&mut state, &samples[chunks[0].clone()], opts)?;
         let code = language.as_ref().map(|l| l.code.clone());
-        let segments = self.run_chunks(&mut state, samples, &chunks, opts, code.as_deref(), false)?;
+        let segments =
+            self.run_chunks(&mut state, samples, &chunks, opts, code.as_deref(), false)?;
         let english = match code.as_deref() {
             Some(code) if opts.translate_to_english && code != "en" && !segments.is_empty() => {
                 Some(self.run_chunks(&mut state, samples, &chunks, opts, Some(code), true)?)
@@ -524,7 +525,9 @@ mod tests {
 
     #[test]
     fn speech_without_pauses_is_still_cut_to_fit() {
-        let samples: Vec<f32> = (0..95 * SAMPLE_RATE).map(|i| (i as f32 * 0.01).sin()).collect();
+        let samples: Vec<f32> = (0..95 * SAMPLE_RATE)
+            .map(|i| (i as f32 * 0.01).sin())
+            .collect();
         let chunks = plan_chunks(&samples, MAX_FITTED_CHUNK);
         assert!(chunks.len() >= 4, "{chunks:?}");
         assert_eq!(chunks.last().unwrap().end, samples.len());
@@ -533,7 +536,10 @@ mod tests {
         }
         assert!(chunks.iter().all(|c| fitted_audio_ctx(c.len()).is_some()));
         // Short audio stays whole.
-        assert_eq!(plan_chunks(&samples[..SAMPLE_RATE], MAX_FITTED_CHUNK), vec![0..SAMPLE_RATE]);
+        assert_eq!(
+            plan_chunks(&samples[..SAMPLE_RATE], MAX_FITTED_CHUNK),
+            vec![0..SAMPLE_RATE]
+        );
     }
 
     #[test]

@@ -142,13 +142,16 @@ pub fn read_bandwidth(threads: usize) -> f64 {
     best
 }
 
-/// Sum with independent lanes, so the loop is bound by memory and not by one add chain.
+/// Sums every word with volatile loads in four independent chains, so the loop is bound by
+/// memory and the compiler cannot reshape it: an auto-vectorized sum built for this CPU
+/// (`target-cpu=native`, AVX-512) read at a third of the speed the plain loads reach.
 fn sum_words(words: &[u64]) -> u64 {
-    let mut lanes = [0u64; 8];
-    let mut chunks = words.chunks_exact(8);
+    let mut lanes = [0u64; 4];
+    let mut chunks = words.chunks_exact(4);
     for c in &mut chunks {
         for (lane, w) in lanes.iter_mut().zip(c) {
-            *lane = lane.wrapping_add(*w);
+            // SAFETY: `w` is a valid, aligned reference into `words`.
+            *lane = lane.wrapping_add(unsafe { std::ptr::read_volatile(w) });
         }
     }
     let rest: u64 = chunks.remainder().iter().fold(0, |a, w| a.wrapping_add(*w));
