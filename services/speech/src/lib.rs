@@ -184,7 +184,7 @@ impl SpeechModel {
         let chunks = if opts.fit_encoder_to_audio {
             plan_chunks(samples, MAX_FITTED_CHUNK)
         } else {
-            vec![0..samples.len()]
+            std::iter::once(0..samples.len()).collect()
         };
         debug!(chunks = chunks.len(), "speech cut for the fitted encoder");
         let language = self.detect_language(&mut state, &samples[chunks[0].clone()], opts)?;
