@@ -204,8 +204,9 @@ impl SpeechModel {
         })
     }
 
-    /// Spoken language from `head` (at most the first 30 s are heard), restricted to the allowlist. English-only models
-    /// can only hear English; an allowlist of one language needs no detection.
+    /// Spoken language from `head` (at most its first 30 s), restricted to the allowlist.
+    /// English-only models can only hear English; an allowlist of one language needs no
+    /// detection.
     fn detect_language(
         &self,
         state: &mut WhisperState,
