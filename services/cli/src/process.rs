@@ -63,7 +63,7 @@ pub struct PipelineArgs {
     pub max_bytes: u64,
     /// Run Whisper's encoder over the speech only, not over 30 s windows: short speech plus a
     /// margin, longer speech cut at its pauses into pieces of at most 26 s (several times
-    /// faster on short voicemails, about 1.6× on 30 s ones, at the same accuracy;
+    /// faster on short voicemails, 1.3–1.9× on speech of 28–36 s, at the same accuracy;
     /// docs/BENCHMARKS.md).
     #[arg(long, env = "COMPANION_FIT_ENCODER", default_value_t = true, action = clap::ArgAction::Set)]
     pub fit_encoder: bool,

@@ -417,21 +417,20 @@ fn plan_chunks(samples: &[f32], max: usize) -> Vec<Range<usize>> {
     let mut chunks = Vec::new();
     let mut start = 0;
     while samples.len() - start > max {
-        let energy = |frame: usize| -> f32 {
-            let from = start + frame * FRAME;
-            samples[from..from + FRAME].iter().map(|x| x * x).sum()
-        };
+        // Energy of each 10 ms frame in the second half of the span; the first quietest run of
+        // frames wins.
         let first = max / 2 / FRAME;
-        let last = max / FRAME - QUIET_FRAMES;
-        let mut window: f32 = (first..first + QUIET_FRAMES).map(energy).sum();
-        let (mut best, mut best_frame) = (window, first);
-        for frame in first + 1..=last {
-            window += energy(frame + QUIET_FRAMES - 1) - energy(frame - 1);
-            if window < best {
-                (best, best_frame) = (window, frame);
-            }
-        }
-        let cut = start + (best_frame + QUIET_FRAMES / 2) * FRAME;
+        let energy: Vec<f32> = samples[start + first * FRAME..start + max]
+            .chunks_exact(FRAME)
+            .map(|frame| frame.iter().map(|x| x * x).sum())
+            .collect();
+        let quietest = energy
+            .windows(QUIET_FRAMES)
+            .map(|run| run.iter().sum::<f32>())
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(0, |(i, _)| i);
+        let cut = start + (first + quietest + QUIET_FRAMES / 2) * FRAME;
         chunks.push(start..cut);
         start = cut;
     }
