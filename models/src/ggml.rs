@@ -9,7 +9,7 @@
 //! i32 n_mel, i32 n_fft (201), n_mel * n_fft f32 mel filters
 //! i32 token count, then per token: i32 length, raw bytes
 //! tensors: i32 n_dims, i32 name length, i32 type (ggml_type: 0 f32, 1 f16,
-//!          6 q5_0, 7 q5_1, 8 q8_0), n_dims x i32 dims (innermost first), name, data
+//!          2 q4_0, 6 q5_0, 7 q5_1, 8 q8_0), n_dims x i32 dims (innermost first), name, data
 //! ```
 //!
 //! The weight matrices are f16 by default. With a quantized
@@ -36,11 +36,13 @@ use crate::hash::HashingWriter;
 const GGML_MAGIC: i32 = 0x6767_6d6c;
 const GGML_TYPE_F32: i32 = 0;
 const GGML_TYPE_F16: i32 = 1;
+const GGML_TYPE_Q4_0: i32 = 2;
 const GGML_TYPE_Q5_0: i32 = 6;
 const GGML_TYPE_Q5_1: i32 = 7;
 const GGML_TYPE_Q8_0: i32 = 8;
 /// `ggml_ftype` values of the header (`GGML_FTYPE_MOSTLY_*`).
 const FTYPE_MOSTLY_F16: i32 = 1;
+const FTYPE_MOSTLY_Q4_0: i32 = 2;
 const FTYPE_MOSTLY_Q8_0: i32 = 7;
 const FTYPE_MOSTLY_Q5_0: i32 = 8;
 const FTYPE_MOSTLY_Q5_1: i32 = 9;
@@ -48,7 +50,7 @@ const FTYPE_MOSTLY_Q5_1: i32 = 9;
 /// carry `GGML_QNT_VERSION * GGML_QNT_VERSION_FACTOR + ftype` in the header.
 const GGML_QNT_VERSION: i32 = 2;
 const GGML_QNT_VERSION_FACTOR: i32 = 1000;
-/// Values per block of the Q8_0, Q5_0 and Q5_1 formats.
+/// Values per block of the Q8_0, Q5_0, Q5_1 and Q4_0 formats.
 const QK: usize = 32;
 
 /// Whisper's STFT: 400-point FFT at 16 kHz.
@@ -217,15 +219,21 @@ pub enum GgmlWeightType {
     /// bytes, 6 bits a value).
     #[serde(rename = "q5_1")]
     Q5_1,
+    /// 4-bit symmetric: per block of 32, an f16 scale `d = x_maxabs / -8`
+    /// and 32 unsigned 4-bit values `q` with `x ≈ (q - 8) d` (18 bytes,
+    /// 4.5 bits a value).
+    #[serde(rename = "q4_0")]
+    Q4_0,
 }
 
 impl GgmlWeightType {
     /// Every weight type, f16 first.
-    pub const ALL: [GgmlWeightType; 4] = [
+    pub const ALL: [GgmlWeightType; 5] = [
         GgmlWeightType::F16,
         GgmlWeightType::Q8_0,
         GgmlWeightType::Q5_0,
         GgmlWeightType::Q5_1,
+        GgmlWeightType::Q4_0,
     ];
 
     /// The name used in the manifest and by whisper.cpp's `quantize` tool.
@@ -235,6 +243,7 @@ impl GgmlWeightType {
             GgmlWeightType::Q8_0 => "q8_0",
             GgmlWeightType::Q5_0 => "q5_0",
             GgmlWeightType::Q5_1 => "q5_1",
+            GgmlWeightType::Q4_0 => "q4_0",
         }
     }
 
@@ -250,6 +259,7 @@ impl GgmlWeightType {
             GgmlWeightType::Q8_0 => GGML_TYPE_Q8_0,
             GgmlWeightType::Q5_0 => GGML_TYPE_Q5_0,
             GgmlWeightType::Q5_1 => GGML_TYPE_Q5_1,
+            GgmlWeightType::Q4_0 => GGML_TYPE_Q4_0,
         }
     }
 
@@ -262,6 +272,7 @@ impl GgmlWeightType {
             GgmlWeightType::Q8_0 => FTYPE_MOSTLY_Q8_0,
             GgmlWeightType::Q5_0 => FTYPE_MOSTLY_Q5_0,
             GgmlWeightType::Q5_1 => FTYPE_MOSTLY_Q5_1,
+            GgmlWeightType::Q4_0 => FTYPE_MOSTLY_Q4_0,
         };
         GGML_QNT_VERSION * GGML_QNT_VERSION_FACTOR + ftype
     }
@@ -273,6 +284,7 @@ impl GgmlWeightType {
             GgmlWeightType::Q8_0 => (QK, 2 + QK),
             GgmlWeightType::Q5_0 => (QK, 2 + 4 + QK / 2),
             GgmlWeightType::Q5_1 => (QK, 2 + 2 + 4 + QK / 2),
+            GgmlWeightType::Q4_0 => (QK, 2 + QK / 2),
         }
     }
 
@@ -309,6 +321,9 @@ impl GgmlWeightType {
             GgmlWeightType::Q5_1 => values
                 .chunks_exact(QK)
                 .for_each(|b| quantize_block_q5_1(b, &mut out)),
+            GgmlWeightType::Q4_0 => values
+                .chunks_exact(QK)
+                .for_each(|b| quantize_block_q4_0(b, &mut out)),
         }
         debug_assert_eq!(out.len(), len);
         out
@@ -353,6 +368,16 @@ impl GgmlWeightType {
                     let (d, m) = (half(b, 0), half(b, 2));
                     out.extend((0..QK).map(|j| q5(b, 4, j) as f32 * d + m));
                 }
+                GgmlWeightType::Q4_0 => {
+                    let d = half(b, 0);
+                    let nibbles = &b[2..];
+                    out.extend(
+                        nibbles
+                            .iter()
+                            .map(|&q| (i32::from(q & 0x0f) - 8) as f32 * d),
+                    );
+                    out.extend(nibbles.iter().map(|&q| (i32::from(q >> 4) - 8) as f32 * d));
+                }
             }
         }
         out
@@ -372,7 +397,7 @@ impl FromStr for GgmlWeightType {
         GgmlWeightType::ALL
             .into_iter()
             .find(|t| t.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| format!("unknown GGML weight type `{s}` (f16, q8_0, q5_0, q5_1)"))
+            .ok_or_else(|| format!("unknown GGML weight type `{s}` (f16, q8_0, q5_0, q5_1, q4_0)"))
     }
 }
 
@@ -452,6 +477,26 @@ fn quantize_block_q5_1(x: &[f32], out: &mut Vec<u8>) {
     out.extend_from_slice(&f32_to_f16(d).to_le_bytes());
     out.extend_from_slice(&f32_to_f16(min).to_le_bytes());
     push_q5(&q, out);
+}
+
+/// One Q4_0 block: f16 `d`, then 16 bytes of nibbles, value j in the low and
+/// value j + 16 in the high nibble of byte j.
+fn quantize_block_q4_0(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert_eq!(x.len(), QK);
+    // The value of largest magnitude, with its sign; the first one on ties.
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -8.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    // C: MIN(15, (int8_t)(x * id + 8.5f)), truncating toward zero.
+    let q = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+    out.extend_from_slice(&f32_to_f16(d).to_le_bytes());
+    out.extend((0..QK / 2).map(|j| q(x[j]) | (q(x[j + QK / 2]) << 4)));
 }
 
 // ---------------------------------------------------------------------------
@@ -1533,6 +1578,7 @@ mod tests {
             (Q8_0, "q8_0", 8, 2007, (32, 34)),
             (Q5_0, "q5_0", 6, 2008, (32, 22)),
             (Q5_1, "q5_1", 7, 2009, (32, 24)),
+            (Q4_0, "q4_0", 2, 2002, (32, 18)),
         ];
         for (t, name, ty, ftype, block) in table {
             assert_eq!(t.to_string(), name);
@@ -1547,7 +1593,7 @@ mod tests {
             let json = serde_json::to_string(&t).unwrap();
             assert_eq!(json, format!("\"{name}\""));
         }
-        assert!("q4_0".parse::<GgmlWeightType>().is_err());
+        assert!("q4_1".parse::<GgmlWeightType>().is_err());
         assert_eq!(GgmlWeightType::default(), F16);
         assert_eq!(Q8_0.encoded_len(64), Some(68));
         assert_eq!(Q5_1.encoded_len(33), None);
@@ -1668,8 +1714,8 @@ mod tests {
                         .iter()
                         .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
                     // Half a step, plus the f16 rounding of the scale (and
-                    // minimum) times the largest code; Q5_0 clamps the value
-                    // opposite the extreme to 15 steps instead of 16: one step.
+                    // minimum) times the largest code; Q5_0 and Q4_0 clamp the value
+                    // opposite the extreme one step short (15 of 16, 7 of 8).
                     let bound = match t {
                         GgmlWeightType::F16 => amax * 2f32.powi(-11),
                         GgmlWeightType::Q8_0 => amax / 127.0 * (0.5 + 127.0 / 2048.0),
@@ -1677,6 +1723,7 @@ mod tests {
                         GgmlWeightType::Q5_1 => {
                             (hi - lo) / 31.0 * (0.5 + 31.0 / 2048.0) + lo.abs() / 2048.0
                         }
+                        GgmlWeightType::Q4_0 => amax / 8.0 * (1.0 + 16.0 / 2048.0),
                     } * 1.0001;
                     let err = xb
                         .iter()
@@ -1696,6 +1743,7 @@ mod tests {
                     GgmlWeightType::Q8_0 => 1.0 / 127.0,
                     GgmlWeightType::Q5_0 => 1.0 / 16.0,
                     GgmlWeightType::Q5_1 => 2.0 / 31.0,
+                    GgmlWeightType::Q4_0 => 1.0 / 8.0,
                 };
                 assert!(rms < 0.4 * step * scale, "{t} seed {seed}: rms {rms}");
             }

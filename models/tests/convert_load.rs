@@ -356,6 +356,7 @@ fn quantizers_match_ggml() {
         GgmlWeightType::Q8_0,
         GgmlWeightType::Q5_0,
         GgmlWeightType::Q5_1,
+        GgmlWeightType::Q4_0,
     ] {
         for v in [&values, &f16_values] {
             let ours = t.quantize(v);
