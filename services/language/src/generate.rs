@@ -151,6 +151,7 @@ pub fn structured_with<T: DeserializeOwned>(
         Err(problem) => problem,
     };
     warn!(%problem, "model answer rejected; retrying once");
+    debug!(answer = %first.text, "rejected answer");
     let mut retry = messages.to_vec();
     retry.push(Message::assistant(first.text.clone()));
     retry.push(Message::user(format!(
@@ -172,8 +173,11 @@ fn parse<T: DeserializeOwned>(
     text: &str,
     validate: &impl Fn(&T) -> std::result::Result<(), String>,
 ) -> std::result::Result<T, String> {
-    let json = extract_json(text).ok_or_else(|| "it contains no JSON object".to_string())?;
-    let value: T = serde_json::from_str(json).map_err(|e| format!("invalid JSON ({e})"))?;
+    let json = match extract_json(text) {
+        Some(json) => json.to_string(),
+        None => complete_json(text).ok_or_else(|| "it contains no JSON object".to_string())?,
+    };
+    let value: T = serde_json::from_str(&json).map_err(|e| format!("invalid JSON ({e})"))?;
     validate(&value)?;
     Ok(value)
 }
@@ -209,6 +213,67 @@ pub fn extract_json(text: &str) -> Option<&str> {
         }
     }
     None
+}
+
+/// A JSON object or array the model left open (its token budget ran out, or it stopped
+/// mid-way), closed: an unfinished string value ends where it stops, an unfinished list item
+/// or key is dropped with the comma before it, and the open lists and objects are closed.
+/// `None` when `text` opens no JSON or closes what it opens (see [`extract_json`]).
+pub fn complete_json(text: &str) -> Option<String> {
+    let body = &text[text.find(['{', '['])?..];
+    let mut closers: Vec<char> = Vec::new();
+    let (mut in_string, mut escaped, mut string_start) = (false, false, 0);
+    for (i, b) in body.bytes().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => (in_string, string_start) = (true, i),
+            b'{' => closers.push('}'),
+            b'[' => closers.push(']'),
+            b'}' | b']' => {
+                closers.pop();
+                if closers.is_empty() {
+                    return None;
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = body.to_string();
+    if in_string {
+        let is_value = body[..string_start].trim_end().ends_with(':');
+        if is_value {
+            if escaped {
+                out.pop();
+            }
+            out.push('"');
+        } else {
+            out.truncate(string_start);
+        }
+    }
+    loop {
+        out.truncate(out.trim_end().len());
+        if out.ends_with(',') {
+            out.pop();
+        } else if out.ends_with(':') {
+            // A key without its value: drop the key.
+            out.pop();
+            let key_end = out.trim_end().len();
+            let key_start = out[..key_end.saturating_sub(1)].rfind('"')?;
+            out.truncate(key_start);
+        } else {
+            break;
+        }
+    }
+    out.extend(closers.iter().rev());
+    Some(out)
 }
 
 /// Text a model wrote for a field that should hold nothing: `null` spelled out, placeholders.
@@ -313,7 +378,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_broken_answer_is_retried_once_with_the_reason() {
-        let model = Scripted::new(&["{\"name\": \"Ana\"", "```json\n{\"name\": \"Ana\"}\n```"]);
+        let model = Scripted::new(&["The name is Ana.", "```json\n{\"name\": \"Ana\"}\n```"]);
         let out: Structured<Answer> =
             structured(&model, &[Message::user("q")], &GenerateOptions::default()).unwrap();
         assert!(out.repaired);
@@ -334,6 +399,47 @@ pub(crate) mod tests {
         assert!(matches!(out, Err(Error::Unstructured { .. })), "{out:?}");
         let retry = &model.seen.lock().unwrap()[1];
         assert!(retry[2].content.contains("\"name\" is empty"));
+    }
+
+    #[test]
+    fn an_answer_cut_short_is_closed() {
+        let closed = |t: &str| complete_json(t);
+        // An unfinished value ends where it stops.
+        assert_eq!(
+            closed("Here: {\"recap\": \"Sam called.\", \"summary\": \"About the bill").as_deref(),
+            Some("{\"recap\": \"Sam called.\", \"summary\": \"About the bill\"}")
+        );
+        // An unfinished list item is dropped, and so is a key without its value.
+        assert_eq!(
+            closed("{\"steps\": [\"Call back.\", \"Call ba").as_deref(),
+            Some("{\"steps\": [\"Call back.\"]}")
+        );
+        assert_eq!(
+            closed("{\"a\": [1, 2], \"summ").as_deref(),
+            Some("{\"a\": [1, 2]}")
+        );
+        assert_eq!(
+            closed("{\"a\": \"x\", \"b\": ").as_deref(),
+            Some("{\"a\": \"x\"}")
+        );
+        assert_eq!(
+            closed("{\"a\": \"ends in \\").as_deref(),
+            Some("{\"a\": \"ends in \"}")
+        );
+        assert_eq!(closed("[{\"a\": 1},").as_deref(), Some("[{\"a\": 1}]"));
+        // Nothing opened, or everything closed: nothing to complete.
+        assert_eq!(closed("no json"), None);
+        assert_eq!(closed("{\"a\": 1} and more"), None);
+    }
+
+    #[test]
+    fn an_answer_cut_short_is_used_without_a_retry() {
+        let model = Scripted::new(&["{\"name\": \"Sam\", \"extra\": [\"one\", \"one\", \"o"]);
+        let answer: Structured<Answer> =
+            structured(&model, &[Message::user("q")], &GenerateOptions::default()).unwrap();
+        assert_eq!(answer.value.name, "Sam");
+        assert!(!answer.repaired);
+        assert_eq!(model.calls(), 1);
     }
 
     #[test]
