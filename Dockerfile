@@ -71,7 +71,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates python3 python3-pip \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /out/companion /usr/local/bin/companion
-# Empty = the default models (whisper-base-q8_0, qwen2.5-0.5b, all-minilm-l6-v2); see `companion models list`.
+# Empty = the default models (whisper-base-q8_0, qwen2.5-0.5b-q4ffn, all-minilm-l6-v2); see `companion models list`.
 ARG MODELS=""
 ENV COMPANION_MODELS_DIR=/models PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN companion models fetch ${MODELS} && companion models verify

@@ -99,6 +99,37 @@ fn labelled_voicemails_get_their_tasks_and_topics() {
 }
 
 #[test]
+fn dialogues_are_summarized_and_scored() {
+    // Two short calls in DialogSum's shape, each with a human summary.
+    let set = workdir().join("dialogues.jsonl");
+    std::fs::write(
+        &set,
+        concat!(
+            r##"{"id": "support_call", "dialogue": "#Customer#: Hi, my internet has been down since this morning.\n#Agent#: I am sorry about that. I can send a technician tomorrow at nine.\n#Customer#: Tomorrow at nine works for me. Thank you.", "summary": "The customer's internet is down. The agent books a technician for tomorrow at nine."}"##,
+            "\n",
+            r##"{"id": "errands", "dialogue": "#Person1#: Can you pick up the kids from school today?\n#Person2#: Sure, I will leave work at three.\n#Person1#: Thanks. Please buy milk on the way home too.\n#Person2#: Okay, I will.", "summary": "Person2 will pick up the kids from school at three and buy milk on the way home."}"##,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let (stdout, stderr, code) = companion_text(&["eval", set.to_str().unwrap()]);
+    println!("{stdout}");
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    let (rows, total) = eval_table(&stdout);
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for row in &rows {
+        // The recap shares the human summary's words: who called and why.
+        let recap_rouge: f64 = row[1].parse().unwrap_or_else(|_| panic!("{row:?}"));
+        assert!(recap_rouge >= 0.2, "{row:?}");
+        assert!(
+            row[6].to_lowercase().contains("internet") || row[6].contains("kids"),
+            "{row:?}"
+        );
+    }
+    assert!(total.contains("failed 0"), "{total}");
+}
+
+#[test]
 fn silence_is_nothing_to_do_and_costs_no_model_time() {
     // Three seconds of digital silence, as a PBX stores an empty voicemail.
     let silence = workdir().join("silence_vm.wav");

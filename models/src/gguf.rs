@@ -121,8 +121,8 @@ pub struct GgufHeader {
     pub version: u32,
     /// Number of metadata entries.
     pub metadata_count: u64,
-    /// The metadata entries as stored.
-    metadata: Vec<u8>,
+    /// The metadata entries, as stored.
+    pub metadata: Vec<u8>,
     /// Data alignment.
     pub alignment: u64,
     /// The tensor directory, in file order.

@@ -431,7 +431,7 @@ mod tests {
         let q4 = m.get("qwen2.5-0.5b-q4ffn").expect("qwen2.5-0.5b-q4ffn");
         assert_eq!(q4.conversion, Conversion::GgufRequantize);
         assert_eq!(q4.ggml_weights(), GgmlWeightType::Q4_0);
-        assert_eq!(q4.tensor_kinds, ["ffn_gate", "ffn_up", "ffn_down"]);
+        assert_eq!(q4.tensor_kinds, ["ffn_gate", "ffn_up"]);
         assert_eq!(q4.packages, llm.packages);
         assert_eq!(q4.files[0].parts, llm.files[0].parts);
         assert_eq!(q4.files[0].sha256.as_ref(), Some(&llm.artifact.sha256));
@@ -439,7 +439,11 @@ mod tests {
         let defaults: Vec<_> = m.defaults().map(|m| m.name.as_str()).collect();
         assert_eq!(
             defaults,
-            ["whisper-base-q8_0", "qwen2.5-0.5b", "all-minilm-l6-v2"]
+            [
+                "whisper-base-q8_0",
+                "qwen2.5-0.5b-q4ffn",
+                "all-minilm-l6-v2"
+            ]
         );
         assert!(m.get("nope").is_none());
         assert!(matches!(m.require("nope"), Err(Error::UnknownModel { .. })));

@@ -15,7 +15,12 @@ use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use companion_models::{GgmlWeightType, Manifest, ModelCache, resolve_asr_model};
+use std::io::{Read, Seek, SeekFrom};
+
+use companion_models::{
+    GgmlWeightType, GgufHeader, GgufTensor, Manifest, ModelCache, read_gguf_header,
+    resolve_asr_model,
+};
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
 
 // ggml (statically linked by whisper-rs-sys).
@@ -419,4 +424,63 @@ fn whisper_base_quantized_match_ggml_and_transcribe() {
     for name in ["whisper-base-q8_0", "whisper-base-q5_1"] {
         fetch_quantized_and_check("whisper-base", name, true, 51865, 512);
     }
+}
+
+/// The stored bytes of one tensor of a GGUF file.
+fn tensor_data(path: &Path, header: &GgufHeader, t: &GgufTensor) -> Vec<u8> {
+    let mut file = std::fs::File::open(path).unwrap();
+    file.seek(SeekFrom::Start(header.data_start + t.offset))
+        .unwrap();
+    let mut data = vec![0u8; t.size as usize];
+    file.read_exact(&mut data).unwrap();
+    data
+}
+
+#[test]
+fn qwen_q4ffn_is_the_source_with_its_feed_forward_gates_in_q4_0() {
+    let manifest = Manifest::bundled();
+    let cache = ModelCache::default();
+    let fetch_llm = |name: &str| {
+        cache
+            .fetch(manifest.get(name).unwrap(), &mut |e| eprintln!("{e}"))
+            .unwrap_or_else(|e| panic!("fetching {name}: {e}"))
+    };
+    let (source, q4) = (fetch_llm("qwen2.5-0.5b"), fetch_llm("qwen2.5-0.5b-q4ffn"));
+    let (a, b) = (
+        read_gguf_header(&source).unwrap(),
+        read_gguf_header(&q4).unwrap(),
+    );
+    assert_eq!((a.version, a.alignment), (b.version, b.alignment));
+    assert!(
+        a.metadata == b.metadata,
+        "the metadata must be copied unchanged"
+    );
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    let q4_0 = GgmlWeightType::Q4_0;
+    let mut requantized = 0;
+    for (x, y) in a.tensors.iter().zip(&b.tensors) {
+        assert_eq!((&x.name, &x.dims), (&y.name, &y.dims));
+        let (old, new) = (tensor_data(&source, &a, x), tensor_data(&q4, &b, y));
+        if x.is_kind("ffn_gate") || x.is_kind("ffn_up") {
+            // What ggml's own quantizer makes of the stored values.
+            assert_eq!(
+                x.ggml_type,
+                GgmlWeightType::Q5_0.ggml_type() as u32,
+                "{}",
+                x.name
+            );
+            assert_eq!(y.ggml_type, q4_0.ggml_type() as u32, "{}", x.name);
+            let values = GgmlWeightType::Q5_0.dequantize(&old);
+            assert!(
+                new == ggml_quantize(q4_0, &values, x.dims[0] as usize),
+                "{}",
+                x.name
+            );
+            requantized += 1;
+        } else {
+            assert_eq!(x.ggml_type, y.ggml_type, "{}", x.name);
+            assert!(old == new, "{}: bytes differ", x.name);
+        }
+    }
+    assert_eq!(requantized, 2 * 24);
 }

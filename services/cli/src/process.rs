@@ -167,7 +167,7 @@ pub struct LanguageArgs {
 }
 
 /// The default chat model (see docs/BENCHMARKS.md for the speed and quality behind the choice).
-pub const DEFAULT_LLM: &str = "qwen2.5-0.5b";
+pub const DEFAULT_LLM: &str = "qwen2.5-0.5b-q4ffn";
 
 impl LanguageArgs {
     pub fn models(&self, cache: &ModelCache, threads: Option<usize>) -> Result<LanguageModels> {

@@ -115,7 +115,7 @@ pub fn call_summary(
     let next_steps = distinct(&next_steps)
         .into_iter()
         .filter(|s| !is_blank(s))
-        .filter_map(|s| keep(s))
+        .filter_map(&mut keep)
         .collect();
     Ok(SummaryOutput {
         summary: CallSummary {

@@ -54,14 +54,14 @@ pub fn run(args: LlmArgs, models_dir: &Path) -> Result<()> {
         bail!("--rounds must be at least 1");
     }
     let path = resolve_model(&args.llm_model, LLM_ROLE, &ModelCache::new(models_dir))?;
-    let weight_bytes = std::fs::metadata(&path)?.len();
+    let weight_bytes = bytes_read_per_token(&path)?;
     let threads = args
         .threads
         .unwrap_or_else(companion_language::compute_threads);
     let bandwidth = read_bandwidth(threads);
     let bound = bandwidth / weight_bytes as f64;
     println!(
-        "memory read bandwidth ({threads} threads): {:.1} GB/s; {} weights {:.0} MB → bound {:.1} tokens/s",
+        "memory read bandwidth ({threads} threads): {:.1} GB/s; {} reads {:.0} MB of weights a token → bound {:.1} tokens/s",
         bandwidth / 1e9,
         args.llm_model,
         weight_bytes as f64 / 1e6,
@@ -115,6 +115,25 @@ pub fn run(args: LlmArgs, models_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Bytes of weights one generated token reads: every tensor of the GGUF file, except that
+/// the token embedding table gives one row (a lookup) when the model has a separate output
+/// matrix (without one, the output projection reads the whole table).
+pub fn bytes_read_per_token(path: &Path) -> Result<u64> {
+    let header = companion_models::read_gguf_header(path)?;
+    let total: u64 = header.tensors.iter().map(|t| t.size).sum();
+    let has_output = header.tensors.iter().any(|t| t.name == "output.weight");
+    let lookup = header
+        .tensors
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .filter(|_| has_output)
+        .map_or(0, |t| {
+            let rows = t.dims.get(1).copied().unwrap_or(1).max(1);
+            t.size - t.size / rows
+        });
+    Ok(total - lookup)
+}
+
 /// Bytes per second `threads` threads read from a buffer far larger than the caches (best of
 /// several passes).
 pub fn read_bandwidth(threads: usize) -> f64 {
@@ -161,6 +180,41 @@ fn sum_words(words: &[u64]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A GGUF file of f32 tensors (name, row length, rows), without metadata.
+    fn gguf(tensors: &[(&str, u64, u64)]) -> tempfile::NamedTempFile {
+        let mut f = b"GGUF".to_vec();
+        f.extend(3u32.to_le_bytes());
+        f.extend((tensors.len() as u64).to_le_bytes());
+        f.extend(0u64.to_le_bytes());
+        let mut offset = 0u64;
+        for (name, row, rows) in tensors {
+            f.extend((name.len() as u64).to_le_bytes());
+            f.extend(name.as_bytes());
+            f.extend(2u32.to_le_bytes());
+            f.extend(row.to_le_bytes());
+            f.extend(rows.to_le_bytes());
+            f.extend(0u32.to_le_bytes());
+            f.extend(offset.to_le_bytes());
+            offset = (offset + row * rows * 4).next_multiple_of(32);
+        }
+        f.resize(f.len().next_multiple_of(32) + offset as usize, 0);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), f).unwrap();
+        file
+    }
+
+    #[test]
+    fn a_token_reads_one_row_of_the_embedding_table() {
+        let embd = ("token_embd.weight", 8, 100);
+        let layer = ("blk.0.ffn_up.weight", 8, 16);
+        // A separate output matrix: the table gives one row of 8 f32.
+        let file = gguf(&[embd, layer, ("output.weight", 8, 100)]);
+        assert_eq!(bytes_read_per_token(file.path()).unwrap(), 32 + 512 + 3200);
+        // Tied embeddings: the output projection reads the whole table.
+        let file = gguf(&[embd, layer]);
+        assert_eq!(bytes_read_per_token(file.path()).unwrap(), 3200 + 512);
+    }
 
     #[test]
     fn sums_every_word() {
