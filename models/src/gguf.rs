@@ -406,8 +406,8 @@ pub fn requantize_gguf(
         w.put(&t.ggml_type.to_le_bytes())?;
         w.put(&t.offset.to_le_bytes())?;
     }
-    // The data section and every tensor in it start at multiples of the
-    // alignment, from the start of the file as from the start of the data.
+    // The data section starts at a multiple of the alignment, and each tensor
+    // is padded to one, so every tensor's offset is aligned both ways.
     w.pad(header.alignment)?;
     for ((old, new), pick) in header.tensors.iter().zip(&directory).zip(selected) {
         src.seek(SeekFrom::Start(header.data_start + old.offset))
