@@ -363,35 +363,26 @@ impl ModelCache {
 
         // 4. convert
         let (artifact_tmp, size, sha256) = match spec.conversion {
-            Conversion::Ct2WhisperGgml => {
+            Conversion::Ct2WhisperGgml | Conversion::GgufRequantize => {
                 progress(FetchEvent::Converting {
                     name: name.clone(),
                     conversion: spec.conversion,
                 });
                 let out = work.path().join(&spec.artifact.file);
-                let report = convert_ct2_whisper_to_ggml_as(&staging, &out, spec.ggml_weights())?;
+                let (size, sha256, elapsed) = if spec.conversion == Conversion::GgufRequantize {
+                    let input = staging.join(&spec.files[0].output);
+                    let r = requantize_gguf(&input, &out, spec.ggml_weights(), &spec.tensor_kinds)?;
+                    (r.size, r.sha256, r.elapsed)
+                } else {
+                    let r = convert_ct2_whisper_to_ggml_as(&staging, &out, spec.ggml_weights())?;
+                    (r.size, r.sha256, r.elapsed)
+                };
                 progress(FetchEvent::Converted {
                     name: name.clone(),
-                    elapsed: report.elapsed,
+                    elapsed,
                 });
                 fs::remove_dir_all(&staging).ctx("cannot remove", &staging)?;
-                (out, report.size, report.sha256)
-            }
-            Conversion::GgufRequantize => {
-                progress(FetchEvent::Converting {
-                    name: name.clone(),
-                    conversion: spec.conversion,
-                });
-                let out = work.path().join(&spec.artifact.file);
-                let input = staging.join(&spec.files[0].output);
-                let report =
-                    requantize_gguf(&input, &out, spec.ggml_weights(), &spec.tensor_kinds)?;
-                progress(FetchEvent::Converted {
-                    name: name.clone(),
-                    elapsed: report.elapsed,
-                });
-                fs::remove_dir_all(&staging).ctx("cannot remove", &staging)?;
-                (out, report.size, report.sha256)
+                (out, size, sha256)
             }
             Conversion::None => {
                 let (size, sha) = assembled[&spec.artifact.file].clone();

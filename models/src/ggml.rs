@@ -433,10 +433,9 @@ fn push_q5(q: &[u8; QK], out: &mut Vec<u8>) {
     out.extend((0..QK / 2).map(|j| (q[j] & 0x0f) | ((q[j + QK / 2] & 0x0f) << 4)));
 }
 
-/// One Q5_0 block: f16 `d`, qh, qs.
-fn quantize_block_q5_0(x: &[f32], out: &mut Vec<u8>) {
-    debug_assert_eq!(x.len(), QK);
-    // The value of largest magnitude, with its sign; the first one on ties.
+/// The value of largest magnitude, with its sign; the first one on ties (the
+/// scale of ggml's symmetric formats).
+fn signed_absmax(x: &[f32]) -> f32 {
     let (mut amax, mut max) = (0.0f32, 0.0f32);
     for &v in x {
         if amax < v.abs() {
@@ -444,7 +443,13 @@ fn quantize_block_q5_0(x: &[f32], out: &mut Vec<u8>) {
             max = v;
         }
     }
-    let d = max / -16.0;
+    max
+}
+
+/// One Q5_0 block: f16 `d`, qh, qs.
+fn quantize_block_q5_0(x: &[f32], out: &mut Vec<u8>) {
+    debug_assert_eq!(x.len(), QK);
+    let d = signed_absmax(x) / -16.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut q = [0u8; QK];
     for (q, &v) in q.iter_mut().zip(x) {
@@ -483,15 +488,7 @@ fn quantize_block_q5_1(x: &[f32], out: &mut Vec<u8>) {
 /// value j + 16 in the high nibble of byte j.
 fn quantize_block_q4_0(x: &[f32], out: &mut Vec<u8>) {
     debug_assert_eq!(x.len(), QK);
-    // The value of largest magnitude, with its sign; the first one on ties.
-    let (mut amax, mut max) = (0.0f32, 0.0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    let d = max / -8.0;
+    let d = signed_absmax(x) / -8.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     // C: MIN(15, (int8_t)(x * id + 8.5f)), truncating toward zero.
     let q = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;

@@ -377,7 +377,8 @@ pub fn requantize_gguf(
         selected.push(pick);
         directory.push(new);
     }
-    if !selected.iter().any(|&s| s) {
+    let requantized = selected.iter().filter(|&&s| s).count();
+    if requantized == 0 {
         return Err(fail(format!(
             "no tensor of kind {} is stored in another type than {to}",
             kinds.join(", ")
@@ -438,11 +439,7 @@ pub fn requantize_gguf(
     let report = RequantizeReport {
         output: output.to_path_buf(),
         n_tensors: directory.len(),
-        requantized: directory
-            .iter()
-            .zip(&header.tensors)
-            .filter(|(n, o)| n.ggml_type != o.ggml_type)
-            .count(),
+        requantized,
         size,
         sha256,
         elapsed: started.elapsed(),

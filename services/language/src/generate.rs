@@ -403,33 +403,27 @@ pub(crate) mod tests {
 
     #[test]
     fn an_answer_cut_short_is_closed() {
-        let closed = |t: &str| complete_json(t);
-        // An unfinished value ends where it stops.
-        assert_eq!(
-            closed("Here: {\"recap\": \"Sam called.\", \"summary\": \"About the bill").as_deref(),
-            Some("{\"recap\": \"Sam called.\", \"summary\": \"About the bill\"}")
-        );
-        // An unfinished list item is dropped, and so is a key without its value.
-        assert_eq!(
-            closed("{\"steps\": [\"Call back.\", \"Call ba").as_deref(),
-            Some("{\"steps\": [\"Call back.\"]}")
-        );
-        assert_eq!(
-            closed("{\"a\": [1, 2], \"summ").as_deref(),
-            Some("{\"a\": [1, 2]}")
-        );
-        assert_eq!(
-            closed("{\"a\": \"x\", \"b\": ").as_deref(),
-            Some("{\"a\": \"x\"}")
-        );
-        assert_eq!(
-            closed("{\"a\": \"ends in \\").as_deref(),
-            Some("{\"a\": \"ends in \"}")
-        );
-        assert_eq!(closed("[{\"a\": 1},").as_deref(), Some("[{\"a\": 1}]"));
+        for (cut, closed) in [
+            // An unfinished value ends where it stops.
+            (
+                "Here: {\"recap\": \"Sam called.\", \"summary\": \"About the bill",
+                "{\"recap\": \"Sam called.\", \"summary\": \"About the bill\"}",
+            ),
+            ("{\"a\": \"ends in \\", "{\"a\": \"ends in \"}"),
+            // An unfinished list item is dropped, and so is a key without its value.
+            (
+                "{\"steps\": [\"Call back.\", \"Call ba",
+                "{\"steps\": [\"Call back.\"]}",
+            ),
+            ("{\"a\": [1, 2], \"summ", "{\"a\": [1, 2]}"),
+            ("{\"a\": \"x\", \"b\": ", "{\"a\": \"x\"}"),
+            ("[{\"a\": 1},", "[{\"a\": 1}]"),
+        ] {
+            assert_eq!(complete_json(cut).as_deref(), Some(closed), "{cut}");
+        }
         // Nothing opened, or everything closed: nothing to complete.
-        assert_eq!(closed("no json"), None);
-        assert_eq!(closed("{\"a\": 1} and more"), None);
+        assert_eq!(complete_json("no json"), None);
+        assert_eq!(complete_json("{\"a\": 1} and more"), None);
     }
 
     #[test]
