@@ -58,7 +58,9 @@ pub use embed::{
 pub use error::{Error, Result};
 pub use generate::{Structured, TextGenerator, Usage, Validate, structured, structured_with};
 pub use llama::{LLAMA_CONTEXT_LENGTH, LlamaCpp, LlamaOptions};
-pub use llm::{GenerateOptions, Generation, Llm, LlmInfo, LoadOptions, PREFILL_CHUNK, StopReason};
+pub use llm::{
+    GenerateOptions, Generation, Llm, LlmInfo, LoadOptions, PREFILL_CHUNK, StopReason, chat_format,
+};
 pub use models::{LanguageModels, Loaded};
 pub use priority::{
     DEFAULT_INTENT_THRESHOLD, IntentMatcher, IntentScore, SentenceEncoder, calibrate,

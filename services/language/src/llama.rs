@@ -43,10 +43,10 @@
 //! inference), and both are built with OpenMP off and for the same CPU (both native without
 //! `RUSTFLAGS`; with `-C target-cpu=X` llama-cpp-sys-2 compiles for X while whisper-rs-sys
 //! follows the `GGML_*` variables, which the Dockerfile sets to match). The build settings of
-//! the linked copy apply to llama.cpp too: whisper-rs-sys's, which leave out the llamafile
-//! matrix kernels (`GGML_LLAMAFILE`) of a standalone llama.cpp build. `tests/ggml.rs` runs
-//! both engines in one process, in either order. Upgrading either crate means comparing their
-//! ggml again.
+//! the linked copy apply to llama.cpp too: whisper-rs-sys's, plus the llamafile matrix kernels
+//! (`GGML_LLAMAFILE`, on in a standalone llama.cpp build) that `.cargo/config.toml` and the
+//! Dockerfile turn on. `tests/ggml.rs` runs both engines in one process, in either order.
+//! Upgrading either crate means comparing their ggml again.
 
 use std::ffi::{CStr, c_char, c_void};
 use std::num::NonZeroU32;

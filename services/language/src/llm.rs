@@ -269,16 +269,23 @@ pub(crate) fn token_budget(
 
 /// Index of the largest logit (the first one on ties; NaN never wins).
 pub(crate) fn argmax(logits: &[f32]) -> Option<u32> {
-    let mut best: Option<(usize, f32)> = None;
-    for (i, &v) in logits.iter().enumerate() {
-        if v.is_nan() {
-            continue;
-        }
-        if best.is_none_or(|(_, b)| v > b) {
-            best = Some((i, v));
+    // Two passes the compiler vectorizes, instead of one with a branch per logit (a vocabulary
+    // holds 150 000): the largest value (NaN never compares greater), then where it first is.
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = logits.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (max, &v) in lanes.iter_mut().zip(chunk) {
+            *max = if v > *max { v } else { *max };
         }
     }
-    best.and_then(|(i, _)| u32::try_from(i).ok())
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |max, &v| if v > max { v } else { max });
+    let first = logits.iter().position(|&v| v == max)?;
+    u32::try_from(first).ok()
 }
 
 /// A quantized chat model loaded from a GGUF file, shareable between
@@ -364,6 +371,18 @@ impl ChatModel {
             block_count,
         })
     }
+}
+
+/// The tokenizer and chat template of a GGUF chat model, rebuilt from its metadata as both
+/// backends rebuild them: what another runtime needs to be fed the very token ids ours compute.
+pub fn chat_format(path: &Path) -> Result<(LlmTokenizer, ChatTemplate)> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let content = gguf_file::Content::read(&mut file).map_err(|source| Error::Gguf {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let model = ChatModel::from_gguf(&content, path)?;
+    Ok((model.tokenizer, model.template))
 }
 
 /// Weight matrices whose quantization candle runs without SIMD kernels.
@@ -686,5 +705,15 @@ mod tests {
         assert_eq!(argmax(&[0.5, 2.0, 2.0, -1.0]), Some(1));
         assert_eq!(argmax(&[f32::NAN, -3.0, f32::NAN]), Some(1));
         assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), Some(0));
+        // Vocabulary-sized rows: ties across the lanes, the maximum in the tail, NaN among them.
+        let mut logits: Vec<f32> = (0..151_936).map(|i| (i % 97) as f32 * 0.01).collect();
+        logits[70_001] = 9.0;
+        logits[16] = 9.0;
+        logits[5] = f32::NAN;
+        assert_eq!(argmax(&logits), Some(16));
+        logits[151_935] = 9.5;
+        assert_eq!(argmax(&logits), Some(151_935));
+        logits[3] = f32::INFINITY;
+        assert_eq!(argmax(&logits), Some(3));
     }
 }

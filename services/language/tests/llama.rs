@@ -6,7 +6,8 @@ mod common;
 use std::sync::{Arc, OnceLock};
 
 use companion_language::{
-    Error, GenerateOptions, Generation, LlamaCpp, LlamaOptions, Message, StopReason, load_generator,
+    Error, GenerateOptions, Generation, LlamaCpp, LlamaOptions, Message, StopReason, chat_format,
+    load_generator,
 };
 
 const CAPITAL: &str = "What is the capital of France? Answer in one word.";
@@ -76,6 +77,25 @@ fn answers_like_the_candle_backend_is_asked() {
         );
         assert!(!answer.text.contains("<|im_end|>"));
     }
+}
+
+/// What a peer runtime is fed (`chat_format`, read from the file alone) is what the backend
+/// computes: the same prompt ids and stop tokens.
+#[test]
+fn the_chat_format_of_a_file_gives_the_backends_prompt_ids() {
+    for (name, llm) in [("smollm2-135m", smollm2()), ("qwen2.5-0.5b", qwen())] {
+        let (tokenizer, template) = chat_format(&common::llm_path(name)).unwrap();
+        let messages = summarise(VOICEMAILS[1]);
+        assert_eq!(
+            tokenizer.encode_chat(&template, &messages).unwrap(),
+            llm.prompt_ids(&messages).unwrap(),
+            "{name}"
+        );
+        assert_eq!(tokenizer.stop_ids(), llm.tokenizer().stop_ids(), "{name}");
+        assert!(!tokenizer.stop_ids().is_empty(), "{name}");
+    }
+    let err = chat_format(std::path::Path::new("/nonexistent/model.gguf")).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use companion_models::{Manifest, ModelCache};
 use serde_json::{Value, json};
 
 use super::child::{ChildRun, run_measured};
-use super::{WorkDir, companion_exe, median, mib, synth};
+use super::{WorkDir, companion_exe, median, mib, python_env, synth};
 
 const FW_SCRIPT: &str = include_str!("faster_whisper_run.py");
 const FW_REQUIREMENTS: &str = include_str!("faster_whisper_requirements.txt");
@@ -129,7 +129,7 @@ pub fn run(args: AsrArgs, models_dir: &Path) -> Result<()> {
         Some(dir) => dir.clone(),
         None => ct2_model_dir(models_dir)?,
     };
-    let python = faster_whisper_env(&args.python, &work)?;
+    let python = python_env(&args.python, &work, "faster-whisper", FW_REQUIREMENTS)?;
     let script = work.join("faster_whisper_run.py");
     std::fs::write(&script, FW_SCRIPT)
         .with_context(|| format!("cannot write {}", script.display()))?;
@@ -266,50 +266,6 @@ fn ct2_model_dir(models_dir: &Path) -> Result<PathBuf> {
     }
     cache.fetch(spec, &mut |_| {})?;
     Ok(cache.model_dir(spec))
-}
-
-/// faster-whisper in a virtual environment of its own, made once per set of pinned
-/// requirements. Returns its Python.
-fn faster_whisper_env(python: &str, work: &Path) -> Result<PathBuf> {
-    let digest = companion_pipeline::sha256_hex(FW_REQUIREMENTS.as_bytes());
-    let venv = work.join(format!("faster-whisper-{}", &digest[..12]));
-    let venv_python = venv.join("bin/python");
-    let ready = venv.join(".ready");
-    if ready.is_file() {
-        return Ok(venv_python);
-    }
-    eprintln!(
-        "bench asr: making faster-whisper's environment in {}",
-        venv.display()
-    );
-    std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
-    let requirements = work.join("faster_whisper_requirements.txt");
-    std::fs::write(&requirements, FW_REQUIREMENTS)?;
-    let status = Command::new(python)
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .with_context(|| format!("cannot run {python} -m venv"))?;
-    if !status.success() {
-        bail!("{python} -m venv {} failed", venv.display());
-    }
-    let status = Command::new(&venv_python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-        ])
-        .arg(&requirements)
-        .status()
-        .context("cannot run pip")?;
-    if !status.success() {
-        bail!("installing faster-whisper into {} failed", venv.display());
-    }
-    std::fs::write(&ready, FW_REQUIREMENTS)?;
-    Ok(venv_python)
 }
 
 /// Per-file times and texts from one side's JSON lines.

@@ -4,8 +4,8 @@
 //! * `asr`: `companion transcribe` against faster-whisper on the same CTranslate2 weights, the
 //!   same files, beam size and threads, alternating: wall time, ratio, WER, peak RSS.
 //! * `process`: every stage of `companion process` on the synthesized voicemails.
-//! * `llm`: prompt and generation tokens/s of each LLM backend next to the memory-bandwidth
-//!   bound of this machine.
+//! * `llm`: prompt and generation tokens/s of each LLM backend and of llama.cpp's Python
+//!   binding on the same GGUF file, next to the memory-bandwidth bound of this machine.
 //! * `decode`: decoding and resampling to 16 kHz against ffmpeg on the same files.
 //! * `load`: model load times.
 
@@ -18,8 +18,9 @@ mod stages;
 mod synth;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 #[derive(Subcommand, Debug)]
@@ -36,7 +37,7 @@ pub enum BenchCommand {
     Load(load::LoadArgs),
 }
 
-/// Where the benchmarks keep what they make: synthesized audio, faster-whisper's environment.
+/// Where the benchmarks keep what they make: synthesized audio, the peers' environments.
 #[derive(Args, Debug, Clone)]
 pub struct WorkDir {
     #[arg(long = "work-dir", env = "COMPANION_BENCH_DIR")]
@@ -86,6 +87,47 @@ fn mib(bytes: u64) -> f64 {
 /// The `companion` binary running now, to run its commands as a user would.
 fn companion_exe() -> Result<PathBuf> {
     std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the companion binary: {e}"))
+}
+
+/// A peer in a Python virtual environment of its own under `work`, made once per set of pinned
+/// `requirements` (a pip requirements file's text). Returns the environment's Python.
+fn python_env(python: &str, work: &Path, peer: &str, requirements: &str) -> Result<PathBuf> {
+    let digest = companion_pipeline::sha256_hex(requirements.as_bytes());
+    let venv = work.join(format!("{peer}-{}", &digest[..12]));
+    let venv_python = venv.join("bin/python");
+    let ready = venv.join(".ready");
+    if ready.is_file() {
+        return Ok(venv_python);
+    }
+    eprintln!("bench: making {peer}'s environment in {}", venv.display());
+    std::fs::create_dir_all(work).with_context(|| format!("cannot create {}", work.display()))?;
+    let requirements_file = work.join(format!("{peer}-requirements.txt"));
+    std::fs::write(&requirements_file, requirements)?;
+    let status = Command::new(python)
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .with_context(|| format!("cannot run {python} -m venv"))?;
+    if !status.success() {
+        bail!("{python} -m venv {} failed", venv.display());
+    }
+    let status = Command::new(&venv_python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements_file)
+        .status()
+        .context("cannot run pip")?;
+    if !status.success() {
+        bail!("installing {peer} into {} failed", venv.display());
+    }
+    std::fs::write(&ready, requirements)?;
+    Ok(venv_python)
 }
 
 #[cfg(test)]
