@@ -46,11 +46,9 @@ pub fn run_measured(command: &mut Command) -> Result<ChildRun> {
     let lines = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-        let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
         bail!(
             "{program} failed (wait status {status}):\n{}",
-            tail.join("\n")
+            last_lines(&stderr, 15)
         );
     }
     Ok(ChildRun {
@@ -58,6 +56,12 @@ pub fn run_measured(command: &mut Command) -> Result<ChildRun> {
         wall,
         peak_rss: (usage.ru_maxrss.max(0) as u64) * 1024,
     })
+}
+
+/// The last `n` lines of a process's error output, which say why it failed.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Waits for the child and returns its wait status and resource usage (`std` reaps children
@@ -89,6 +93,13 @@ mod tests {
         let run = run_measured(Command::new("sh").args(["-c", "echo one; echo two"])).unwrap();
         assert_eq!(run.lines, vec!["one", "two"]);
         assert!(run.peak_rss > 0);
+    }
+
+    #[test]
+    fn keeps_the_last_lines() {
+        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(last_lines("a", 5), "a");
+        assert_eq!(last_lines("", 5), "");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Lines, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -17,6 +17,7 @@ use companion_language::{
 use companion_models::ModelCache;
 use serde_json::json;
 
+use super::child::last_lines;
 use super::{WorkDir, median, python_env};
 
 /// The peer: llama.cpp as its Python binding builds it (from source, for this CPU).
@@ -88,9 +89,10 @@ pub fn run(args: LlmArgs, models_dir: &Path) -> Result<()> {
     for backend in &args.backends {
         let started = Instant::now();
         let generator = load_generator(*backend, &path, args.threads)?;
+        let load_ms = started.elapsed().as_secs_f64() * 1000.0;
         sides.push(Side::new(
             backend.to_string(),
-            started.elapsed(),
+            load_ms,
             Engine::Ours(generator),
         ));
     }
@@ -106,10 +108,9 @@ pub fn run(args: LlmArgs, models_dir: &Path) -> Result<()> {
             "max_new_tokens": args.max_new_tokens,
         });
         let peer = PeerProcess::start(&python, &args.work.path(), &job)?;
-        let load = Duration::from_secs_f64(peer.load_ms / 1000.0);
         sides.push(Side::new(
             PEER.to_string(),
-            load,
+            peer.load_ms,
             Engine::Peer(Box::new((peer, tokenizer))),
         ));
     }
@@ -191,10 +192,10 @@ struct Side {
 }
 
 impl Side {
-    fn new(name: String, load: Duration, engine: Engine) -> Side {
+    fn new(name: String, load_ms: f64, engine: Engine) -> Side {
         Side {
             name,
-            load_ms: load.as_secs_f64() * 1000.0,
+            load_ms,
             engine,
             runs: Vec::new(),
             bandwidth: Vec::new(),
@@ -340,12 +341,10 @@ impl PeerProcess {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default();
-        let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
         anyhow::anyhow!(
             "the peer ({PEER}) stopped ({}):\n{}",
             status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-            tail.join("\n")
+            last_lines(&stderr, 15)
         )
     }
 
