@@ -366,11 +366,15 @@ pub(crate) mod tests {
         assert_eq!(extract_json("no json"), None);
     }
 
+    /// One question answered by the scripted model as an [`Answer`].
+    fn ask(model: &Scripted) -> Result<Structured<Answer>> {
+        structured(model, &[Message::user("q")], &GenerateOptions::default())
+    }
+
     #[test]
     fn a_good_answer_is_taken_as_is() {
         let model = Scripted::new(&["{\"name\": \"Ana\"}"]);
-        let out: Structured<Answer> =
-            structured(&model, &[Message::user("q")], &GenerateOptions::default()).unwrap();
+        let out = ask(&model).unwrap();
         assert_eq!(out.value.name, "Ana");
         assert!(!out.repaired);
         assert_eq!(out.usage.calls, 1);
@@ -379,8 +383,7 @@ pub(crate) mod tests {
     #[test]
     fn a_broken_answer_is_retried_once_with_the_reason() {
         let model = Scripted::new(&["The name is Ana.", "```json\n{\"name\": \"Ana\"}\n```"]);
-        let out: Structured<Answer> =
-            structured(&model, &[Message::user("q")], &GenerateOptions::default()).unwrap();
+        let out = ask(&model).unwrap();
         assert!(out.repaired);
         assert_eq!(out.usage.calls, 2);
         let retry = &model.seen.lock().unwrap()[1];
@@ -395,7 +398,7 @@ pub(crate) mod tests {
     #[test]
     fn an_invalid_answer_twice_is_an_error_not_free_text() {
         let model = Scripted::new(&["{\"name\": \"\"}", "Ana is the name."]);
-        let out = structured::<Answer>(&model, &[Message::user("q")], &GenerateOptions::default());
+        let out = ask(&model);
         assert!(matches!(out, Err(Error::Unstructured { .. })), "{out:?}");
         let retry = &model.seen.lock().unwrap()[1];
         assert!(retry[2].content.contains("\"name\" is empty"));
@@ -429,8 +432,7 @@ pub(crate) mod tests {
     #[test]
     fn an_answer_cut_short_is_used_without_a_retry() {
         let model = Scripted::new(&["{\"name\": \"Sam\", \"extra\": [\"one\", \"one\", \"o"]);
-        let answer: Structured<Answer> =
-            structured(&model, &[Message::user("q")], &GenerateOptions::default()).unwrap();
+        let answer = ask(&model).unwrap();
         assert_eq!(answer.value.name, "Sam");
         assert!(!answer.repaired);
         assert_eq!(model.calls(), 1);
