@@ -1,4 +1,4 @@
-//! Which runtime generates text: llama.cpp (default) or candle.
+//! Which runtime generates text: companion's own engine, llama.cpp or candle.
 
 use std::fmt;
 use std::path::Path;
@@ -8,17 +8,20 @@ use crate::error::{Error, Result};
 use crate::generate::TextGenerator;
 use crate::llama::LlamaCpp;
 use crate::llm::Llm;
+use crate::native::Native;
 
 /// The environment variable the CLI reads the backend from when `--llm-backend` is not given.
 pub const LLM_BACKEND_ENV: &str = "COMPANION_LLM_BACKEND";
 
-/// An LLM runtime. Both load the same GGUF files and answer with the same prompt tokens,
-/// greedy decoding and stop rules; llama.cpp is faster on the CPU (about 2.6× at generating
-/// on the development machines) and keeps the prompt's KV cache between calls.
+/// An LLM runtime. All load the same GGUF files and answer with the same prompt tokens,
+/// greedy decoding and stop rules. The engine and llama.cpp keep the prompt's KV cache between
+/// calls; candle does not and is the slowest.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Backend {
-    /// llama.cpp through `llama-cpp-2` ([`LlamaCpp`]).
+    /// companion's own engine ([`Native`], crate `companion-engine`).
     #[default]
+    Native,
+    /// llama.cpp through `llama-cpp-2` ([`LlamaCpp`]).
     LlamaCpp,
     /// candle's quantized models ([`Llm`]).
     Candle,
@@ -26,11 +29,13 @@ pub enum Backend {
 
 impl Backend {
     /// Every backend, the default first.
-    pub const ALL: [Backend; 2] = [Backend::LlamaCpp, Backend::Candle];
+    pub const ALL: [Backend; 3] = [Backend::Native, Backend::LlamaCpp, Backend::Candle];
 
-    /// The name used on the command line and in configuration: `llama.cpp` or `candle`.
+    /// The name used on the command line and in configuration: `engine`, `llama.cpp` or
+    /// `candle`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Backend::Native => "engine",
             Backend::LlamaCpp => "llama.cpp",
             Backend::Candle => "candle",
         }
@@ -49,9 +54,10 @@ impl FromStr for Backend {
     fn from_str(s: &str) -> Result<Backend> {
         match s.trim().to_ascii_lowercase().as_str() {
             "llama.cpp" | "llama-cpp" | "llamacpp" | "llama_cpp" => Ok(Backend::LlamaCpp),
+            "engine" | "native" => Ok(Backend::Native),
             "candle" => Ok(Backend::Candle),
             other => Err(Error::InvalidInput(format!(
-                "unknown LLM backend {other:?} (use llama.cpp or candle)"
+                "unknown LLM backend {other:?} (use engine, llama.cpp or candle)"
             ))),
         }
     }
@@ -65,6 +71,7 @@ pub fn load_generator(
     threads: Option<usize>,
 ) -> Result<Box<dyn TextGenerator>> {
     Ok(match backend {
+        Backend::Native => Box::new(Native::load(path, threads)?) as Box<dyn TextGenerator>,
         Backend::LlamaCpp => Box::new(LlamaCpp::load(path, threads)?) as Box<dyn TextGenerator>,
         Backend::Candle => Box::new(Llm::load(path, threads)?) as Box<dyn TextGenerator>,
     })
@@ -79,9 +86,13 @@ mod tests {
         for backend in Backend::ALL {
             assert_eq!(backend.to_string().parse::<Backend>().unwrap(), backend);
         }
-        assert_eq!(Backend::default(), Backend::LlamaCpp);
+        assert_eq!(Backend::default(), Backend::Native);
+        assert_eq!("native".parse::<Backend>().unwrap(), Backend::Native);
         assert_eq!(" Llama-CPP ".parse::<Backend>().unwrap(), Backend::LlamaCpp);
         let err = "onnx".parse::<Backend>().unwrap_err();
-        assert!(err.to_string().contains("llama.cpp or candle"), "{err}");
+        assert!(
+            err.to_string().contains("engine, llama.cpp or candle"),
+            "{err}"
+        );
     }
 }

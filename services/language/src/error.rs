@@ -56,6 +56,10 @@ pub enum Error {
     #[error("llama.cpp: {0}")]
     Llama(String),
 
+    /// companion's own engine failed to load or run a model.
+    #[error("engine: {0}")]
+    Engine(#[from] companion_engine::Error),
+
     /// The prompt does not leave room for a single generated token.
     #[error("prompt of {prompt_tokens} tokens does not fit the context window of {context} tokens")]
     PromptTooLong {

@@ -14,6 +14,7 @@ use crate::chat::Message;
 use crate::error::{Error, Result};
 use crate::llama::LlamaCpp;
 use crate::llm::{GenerateOptions, Generation, Llm};
+use crate::native::Native;
 
 /// Anything that answers a chat greedily: a model on one of the runtimes ([`LlamaCpp`],
 /// candle's [`Llm`]; see [`crate::Backend`]), or a scripted fake in tests.
@@ -35,6 +36,16 @@ impl TextGenerator for Llm {
 
     fn warm_up(&self) -> Result<()> {
         Llm::warm_up(self)
+    }
+}
+
+impl TextGenerator for Native {
+    fn chat(&self, messages: &[Message], options: &GenerateOptions) -> Result<Generation> {
+        Native::chat(self, messages, options)
+    }
+
+    fn warm_up(&self) -> Result<()> {
+        Native::warm_up(self)
     }
 }
 

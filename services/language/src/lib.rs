@@ -38,6 +38,7 @@ pub mod generate;
 pub mod llama;
 pub mod llm;
 mod models;
+pub mod native;
 mod pool;
 pub mod priority;
 pub mod prompt;
@@ -62,6 +63,7 @@ pub use llm::{
     GenerateOptions, Generation, Llm, LlmInfo, LoadOptions, PREFILL_CHUNK, StopReason, chat_format,
 };
 pub use models::{LanguageModels, Loaded};
+pub use native::{NATIVE_CONTEXT_LENGTH, Native, NativeOptions};
 pub use priority::{
     DEFAULT_INTENT_THRESHOLD, IntentMatcher, IntentScore, SentenceEncoder, calibrate,
     split_sentences,

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::generate::TextGenerator;
 use crate::llama::LlamaCpp;
 use crate::llm::Llm;
+use crate::native::Native;
 
 /// Where the models are, which runtime serves the chat model, and each model once loaded.
 pub struct LanguageModels {
@@ -77,6 +78,9 @@ impl LanguageModels {
         let what = format!("language model ({})", self.backend);
         load_once(&self.llm, &what, &self.llm_path, || {
             Ok(match self.backend {
+                Backend::Native => {
+                    Arc::new(Native::load(&self.llm_path, self.threads)?) as Arc<dyn TextGenerator>
+                }
                 Backend::LlamaCpp => Arc::new(LlamaCpp::load(&self.llm_path, self.threads)?)
                     as Arc<dyn TextGenerator>,
                 Backend::Candle => {

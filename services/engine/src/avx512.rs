@@ -1,0 +1,94 @@
+//! The AVX-512 VNNI tile kernels (layout in `matrix.rs`).
+//!
+//! Per block of a tile: the 16 scales are widened from f16 once; for each token the integer
+//! sum starts at `-offset × Σ x` and each 64-byte group of weight codes is multiplied with the
+//! token's four matching activation codes (one 32-bit broadcast) by `vpdpbusd`; the 16 sums
+//! then go to f32 and are added, times scale × activation scale, with one FMA. The loads of
+//! the weights are shared by up to four tokens (prompt processing).
+
+use std::arch::x86_64::*;
+
+use crate::activations::Rows;
+use crate::matrix::{BLOCK, Format, TILE};
+
+/// One tile (`w`: its blocks) times `out.len()` (1 to 4) tokens of `x`.
+pub(crate) fn tile_product(format: Format, w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
+    let blocks = x.cols / BLOCK;
+    assert!(w.len() >= blocks * format.block_bytes());
+    assert!(x.q.len() >= out.len() * x.cols && x.d.len() >= out.len() * blocks);
+    assert!(x.s.len() >= out.len() * blocks);
+    // SAFETY: `Kernel::Avx512Vnni` is only chosen when the CPU reports these features, and
+    // the asserts above keep every load inside the slices.
+    unsafe {
+        match (format, out.len()) {
+            (Format::Int8, 1) => tile::<1, false>(w, x, out),
+            (Format::Int8, 2) => tile::<2, false>(w, x, out),
+            (Format::Int8, 3) => tile::<3, false>(w, x, out),
+            (Format::Int8, _) => tile::<4, false>(w, x, out),
+            (Format::Int4, 1) => tile::<1, true>(w, x, out),
+            (Format::Int4, 2) => tile::<2, true>(w, x, out),
+            (Format::Int4, 3) => tile::<3, true>(w, x, out),
+            (Format::Int4, _) => tile::<4, true>(w, x, out),
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile<const N: usize, const INT4: bool>(w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
+    let blocks = x.cols / BLOCK;
+    let block_bytes = if INT4 {
+        Format::Int4.block_bytes()
+    } else {
+        Format::Int8.block_bytes()
+    };
+    let offset: i32 = if INT4 { 8 } else { 128 };
+    let nibble = _mm512_set1_epi8(15);
+    let mut acc = [_mm512_setzero_ps(); N];
+    let w = w.as_ptr();
+    let q = x.q.as_ptr();
+    for b in 0..blocks {
+        // SAFETY (whole loop): offsets stay below `blocks * block_bytes` in `w` and below
+        // `N * cols` in `x.q`, `N * blocks` in `x.d` and `x.s` (asserted by the caller).
+        unsafe {
+            let block = w.add(b * block_bytes);
+            let scales = _mm512_cvtph_ps(_mm256_loadu_si256(block as *const __m256i));
+            let codes = block.add(32);
+            let mut sums = [_mm512_setzero_si512(); N];
+            for (j, s) in sums.iter_mut().enumerate() {
+                *s = _mm512_set1_epi32(-offset * *x.s.get_unchecked(j * blocks + b));
+            }
+            // The activation codes of column group `g` of token `j`, broadcast.
+            let group = |j: usize, g: usize| {
+                let at = q.add(j * x.cols + b * BLOCK + 4 * g) as *const i32;
+                _mm512_set1_epi32(at.read_unaligned())
+            };
+            if INT4 {
+                for g in 0..4 {
+                    let v = _mm512_loadu_si512(codes.add(64 * g) as *const _);
+                    let low = _mm512_and_si512(v, nibble);
+                    let high = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+                    for (j, s) in sums.iter_mut().enumerate() {
+                        *s = _mm512_dpbusd_epi32(*s, low, group(j, g));
+                        *s = _mm512_dpbusd_epi32(*s, high, group(j, g + 4));
+                    }
+                }
+            } else {
+                for g in 0..8 {
+                    let v = _mm512_loadu_si512(codes.add(64 * g) as *const _);
+                    for (j, s) in sums.iter_mut().enumerate() {
+                        *s = _mm512_dpbusd_epi32(*s, v, group(j, g));
+                    }
+                }
+            }
+            for (j, (a, s)) in acc.iter_mut().zip(&sums).enumerate() {
+                let scale =
+                    _mm512_mul_ps(scales, _mm512_set1_ps(*x.d.get_unchecked(j * blocks + b)));
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*s), scale, *a);
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(&acc) {
+        // SAFETY: `o` holds 16 f32.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
+    }
+}

@@ -1,0 +1,27 @@
+//! companion's own CPU engine for GGUF chat models (Qwen2 and Llama architectures).
+//!
+//! Generating a token reads every weight of the model once, so its speed is bounded by memory
+//! bandwidth; on a two-core machine ggml's kernels reach about half of that bound, being
+//! bound by their own instructions. This engine repacks each weight matrix at load into tiles
+//! of 16 rows whose codes one AVX-512 VNNI instruction multiplies four columns at a time
+//! ([`matrix`]), runs each layer's steps on all threads with a spinning barrier between them
+//! ([`model`]), and computes the prompt in chunks whose tokens share each load of the weights.
+//! Weights stored as Q8_0, Q5_0 and Q4_0 are used code for code; other types are requantized
+//! to 8 bits per weight.
+//!
+//! [`Model`] holds the weights and is shared between threads; a [`Session`] holds one
+//! sequence's KV cache. [`Model::forward`] computes tokens and gives the last one's logits.
+//! Tokenizing, chat templates and sampling belong to the caller.
+
+mod activations;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod error;
+pub mod matrix;
+pub mod model;
+mod team;
+
+pub use activations::{Activations, Rows};
+pub use error::{Error, Result};
+pub use matrix::{Format, Kernel, Matrix};
+pub use model::{Architecture, CHUNK, Config, Model, Session};

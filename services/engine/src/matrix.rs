@@ -1,0 +1,739 @@
+//! Weight matrices repacked for the kernels, and the matrix-times-activations product.
+//!
+//! # Layout
+//!
+//! Rows are grouped in tiles of [`TILE`] rows and columns in blocks of [`BLOCK`] values. A
+//! tile stores its blocks one after the other; a block of a tile is the 16 rows' f16 scales
+//! (32 bytes) and then their codes, interleaved four at a time: bytes `4r..4r + 4` of each
+//! 64-byte group are row `r`'s codes for four consecutive columns. One 64-byte load then
+//! holds four columns of all 16 rows, and one AVX-512 VNNI instruction (`vpdpbusd`) multiplies
+//! them by the matching four activation codes, broadcast, and adds into 16 per-row sums: the
+//! inner loop is a load and a multiply-add, and a tile's product is one vector of 16 results.
+//!
+//! * [`Format::Int8`]: 8 groups of 64 bytes per block; codes are the signed values plus 128.
+//! * [`Format::Int4`]: 4 groups; byte `k` of row `r` in group `g` holds the code of column
+//!   `4g + k` in its low nibble and of column `16 + 4g + k` in its high nibble, as unsigned
+//!   values plus 8. That is exactly the byte order of ggml's Q4_0 blocks, so a Q4_0 matrix is
+//!   repacked without decoding it.
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes, hence the offsets: the weight codes are
+//! stored unsigned and the product of the offset with the activation codes, `offset × Σ x`,
+//! is subtracted with the block's activation sum (kept with the quantized activations).
+//!
+//! # From GGUF
+//!
+//! Q8_0, Q5_0 and Q4_0 blocks are copied code for code with their f16 scale (Q4_0 into
+//! Int4 when every part of the matrix is Q4_0, else into Int8; Q5_0 into Int8): the engine
+//! computes with exactly the weights of the file. Every other type is decoded to f32 and
+//! quantized to Int8 by block (scale = largest magnitude / 127, rounded to f16).
+
+use std::ops::Range;
+
+use candle_core::Device;
+use candle_core::quantized::{GgmlDType, ggml_file};
+use half::f16;
+
+use crate::activations::Rows;
+use crate::error::{Error, Result};
+
+/// Rows per tile.
+pub const TILE: usize = 16;
+/// Values per block (one scale per row and block).
+pub const BLOCK: usize = 32;
+/// Bytes of a block's scales.
+const SCALES: usize = TILE * 2;
+/// Tokens multiplied together by one pass over a tile.
+const TOKENS_PER_PASS: usize = 4;
+
+/// How a matrix's codes are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Signed 8-bit codes.
+    Int8,
+    /// Signed 4-bit codes.
+    Int4,
+}
+
+impl Format {
+    /// Bytes of one block of one tile.
+    pub fn block_bytes(self) -> usize {
+        SCALES
+            + match self {
+                Format::Int8 => TILE * BLOCK,
+                Format::Int4 => TILE * BLOCK / 2,
+            }
+    }
+
+    /// What the stored codes add to the signed values.
+    pub fn offset(self) -> i32 {
+        match self {
+            Format::Int8 => 128,
+            Format::Int4 => 8,
+        }
+    }
+}
+
+/// Which implementation multiplies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Plain Rust, for any CPU.
+    Portable,
+    /// AVX-512 with VNNI (x86-64: Intel Ice Lake and later, AMD Zen 4 and later).
+    Avx512Vnni,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+            {
+                return Kernel::Avx512Vnni;
+            }
+        }
+        Kernel::Portable
+    }
+
+    /// `self` if this CPU runs it, else [`Kernel::Portable`].
+    pub fn checked(self) -> Kernel {
+        match self {
+            Kernel::Avx512Vnni if Kernel::detect() != Kernel::Avx512Vnni => Kernel::Portable,
+            k => k,
+        }
+    }
+
+    /// Its name in logs and benchmark tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            Kernel::Avx512Vnni => "avx512-vnni",
+        }
+    }
+}
+
+/// What a product does with its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// `out = W · x`.
+    Store,
+    /// `out += W · x` (a residual connection).
+    Add,
+}
+
+/// A GGUF tensor's rows as stored in the file.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    pub name: &'a str,
+    pub dtype: GgmlDType,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: &'a [u8],
+}
+
+impl Stored<'_> {
+    fn row_bytes(&self) -> usize {
+        self.cols / self.dtype.block_size() * self.dtype.type_size()
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        let n = self.row_bytes();
+        &self.bytes[r * n..(r + 1) * n]
+    }
+
+    fn fail(&self, problem: String) -> Error {
+        Error::Tensor {
+            name: self.name.to_string(),
+            problem,
+        }
+    }
+}
+
+/// A weight matrix in the tiled layout.
+#[derive(Clone)]
+pub struct Matrix {
+    format: Format,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Matrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Matrix")
+            .field("format", &self.format)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Matrix {
+    /// Stacks `parts` (same column count) into one matrix, their rows one after the other.
+    pub fn pack(parts: &[Stored]) -> Result<Matrix> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::InvalidInput("a matrix needs at least one part".into()))?;
+        let cols = first.cols;
+        for p in parts {
+            if p.cols != cols || cols == 0 || !cols.is_multiple_of(BLOCK) {
+                return Err(p.fail(format!(
+                    "rows of {} values (the matrix needs {cols}, a multiple of {BLOCK})",
+                    p.cols
+                )));
+            }
+            if !cols.is_multiple_of(p.dtype.block_size()) || p.bytes.len() != p.rows * p.row_bytes()
+            {
+                return Err(p.fail(format!(
+                    "{} bytes do not hold {} rows of {cols} {:?} values",
+                    p.bytes.len(),
+                    p.rows,
+                    p.dtype
+                )));
+            }
+        }
+        let format = if parts.iter().all(|p| p.dtype == GgmlDType::Q4_0) {
+            Format::Int4
+        } else {
+            Format::Int8
+        };
+        let rows: usize = parts.iter().map(|p| p.rows).sum();
+        let blocks = cols / BLOCK;
+        let block_bytes = format.block_bytes();
+        let tiles = rows.div_ceil(TILE);
+        let mut data = vec![0u8; tiles * blocks * block_bytes];
+
+        // Which part, and which row of it, each matrix row comes from.
+        let mut origin = Vec::with_capacity(rows);
+        for (i, p) in parts.iter().enumerate() {
+            origin.extend((0..p.rows).map(|r| (i, r)));
+        }
+        let mut codes = vec![0i8; TILE * cols];
+        let mut scales = vec![0u16; TILE * blocks];
+        for (tile, out) in data.chunks_exact_mut(blocks * block_bytes).enumerate() {
+            codes.fill(0);
+            scales.fill(0);
+            let here = &origin[tile * TILE..((tile + 1) * TILE).min(rows)];
+            let mut r = 0;
+            while r < here.len() {
+                // A run of rows of one part, decoded together.
+                let (part, first_row) = here[r];
+                let run = here[r..].iter().take_while(|(p, _)| *p == part).count();
+                decode_rows(
+                    &parts[part],
+                    first_row..first_row + run,
+                    format,
+                    &mut codes[r * cols..(r + run) * cols],
+                    &mut scales[r * blocks..(r + run) * blocks],
+                )?;
+                r += run;
+            }
+            interleave(format, &codes, &scales, cols, out);
+        }
+        Ok(Matrix {
+            format,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn tiles(&self) -> usize {
+        self.rows.div_ceil(TILE)
+    }
+
+    /// Bytes the product reads.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    fn tile_bytes(&self) -> usize {
+        self.cols / BLOCK * self.format.block_bytes()
+    }
+
+    /// Row `row` as f32 values (an embedding lookup from a tied output matrix).
+    pub fn row(&self, row: usize, out: &mut [f32]) {
+        let (tile, r) = (row / TILE, row % TILE);
+        let base = &self.data[tile * self.tile_bytes()..(tile + 1) * self.tile_bytes()];
+        for (b, block) in base.chunks_exact(self.format.block_bytes()).enumerate() {
+            let scale = f16::from_bits(u16::from_le_bytes([block[2 * r], block[2 * r + 1]]));
+            let scale = scale.to_f32();
+            let values = &mut out[b * BLOCK..(b + 1) * BLOCK];
+            let codes = &block[SCALES..];
+            for (c, v) in values.iter_mut().enumerate() {
+                *v = code(self.format, codes, r, c) as f32 * scale;
+            }
+        }
+    }
+
+    /// `out[t × ld + row] (=|+=) Σ_c W[row][c] · x_t[c]` for every token `t` of `x` and every
+    /// row of `tiles`, with `kernel`.
+    ///
+    /// # Safety
+    /// `out` must be valid for reads and writes at those positions, and no other thread may
+    /// access them during the call.
+    pub unsafe fn multiply_raw(
+        &self,
+        kernel: Kernel,
+        x: Rows,
+        tiles: Range<usize>,
+        out: *mut f32,
+        ld: usize,
+        write: Write,
+    ) {
+        debug_assert_eq!(x.cols, self.cols);
+        let kernel = kernel.checked();
+        let tokens = x.tokens();
+        let blocks = self.cols / BLOCK;
+        let mut results = [[0.0f32; TILE]; TOKENS_PER_PASS];
+        for tile in tiles {
+            let w = &self.data[tile * self.tile_bytes()..(tile + 1) * self.tile_bytes()];
+            let valid = TILE.min(self.rows - tile * TILE);
+            let mut t0 = 0;
+            while t0 < tokens {
+                let n = TOKENS_PER_PASS.min(tokens - t0);
+                let xs = Rows {
+                    cols: x.cols,
+                    q: &x.q[t0 * x.cols..(t0 + n) * x.cols],
+                    d: &x.d[t0 * blocks..(t0 + n) * blocks],
+                    s: &x.s[t0 * blocks..(t0 + n) * blocks],
+                };
+                tile_product(kernel, self.format, w, xs, &mut results[..n]);
+                for (j, result) in results[..n].iter().enumerate() {
+                    // SAFETY: the caller guarantees `out` covers rows `tile*TILE..+valid` of
+                    // token `t0 + j` and that nobody else touches them.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out.add((t0 + j) * ld + tile * TILE), valid)
+                    };
+                    match write {
+                        Write::Store => dst.copy_from_slice(&result[..valid]),
+                        Write::Add => dst.iter_mut().zip(result).for_each(|(o, v)| *o += v),
+                    }
+                }
+                t0 += n;
+            }
+        }
+    }
+
+    /// [`Matrix::multiply_raw`] over every tile, on this thread: `out` holds `x.tokens()` rows
+    /// of [`Matrix::rows`] values.
+    pub fn multiply(&self, kernel: Kernel, x: Rows, out: &mut [f32], write: Write) {
+        assert!(out.len() >= x.tokens() * self.rows, "output too small");
+        assert_eq!(x.cols, self.cols, "activations of another width");
+        // SAFETY: `out` is an exclusive borrow covering every position written.
+        unsafe {
+            self.multiply_raw(
+                kernel,
+                x,
+                0..self.tiles(),
+                out.as_mut_ptr(),
+                self.rows,
+                write,
+            )
+        }
+    }
+}
+
+/// The signed value of row `r`, column `c` of a block's codes.
+fn code(format: Format, codes: &[u8], r: usize, c: usize) -> i32 {
+    match format {
+        Format::Int8 => i32::from(codes[(c / 4) * 64 + 4 * r + c % 4]) - 128,
+        Format::Int4 => {
+            let byte = codes[((c % 16) / 4) * 64 + 4 * r + c % 4];
+            i32::from(if c < 16 { byte & 15 } else { byte >> 4 }) - 8
+        }
+    }
+}
+
+/// One tile times up to [`TOKENS_PER_PASS`] tokens.
+fn tile_product(kernel: Kernel, format: Format, w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => crate::avx512::tile_product(format, w, x, out),
+        _ => portable_tile_product(format, w, x, out),
+    }
+}
+
+/// The reference product: the same integer sums and the same f32 operations in the same order
+/// as the SIMD kernels, so their results are identical.
+pub(crate) fn portable_tile_product(format: Format, w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
+    let blocks = x.cols / BLOCK;
+    let offset = format.offset();
+    for (t, out) in out.iter_mut().enumerate() {
+        let q = &x.q[t * x.cols..(t + 1) * x.cols];
+        for (r, o) in out.iter_mut().enumerate() {
+            let mut acc = 0.0f32;
+            for (b, block) in w
+                .chunks_exact(format.block_bytes())
+                .take(blocks)
+                .enumerate()
+            {
+                let scale = f16::from_bits(u16::from_le_bytes([block[2 * r], block[2 * r + 1]]));
+                let codes = &block[SCALES..];
+                let xq = &q[b * BLOCK..(b + 1) * BLOCK];
+                let mut sum = -offset * x.s[t * blocks + b];
+                for (c, &xv) in xq.iter().enumerate() {
+                    sum += (code(format, codes, r, c) + offset) * i32::from(xv);
+                }
+                acc = (sum as f32).mul_add(scale.to_f32() * x.d[t * blocks + b], acc);
+            }
+            *o = acc;
+        }
+    }
+}
+
+/// Writes one tile's decoded rows (`codes`: signed values, row-major; `scales`: f16 bits per
+/// row and block) into the tiled layout.
+fn interleave(format: Format, codes: &[i8], scales: &[u16], cols: usize, out: &mut [u8]) {
+    let blocks = cols / BLOCK;
+    for (b, block) in out.chunks_exact_mut(format.block_bytes()).enumerate() {
+        for r in 0..TILE {
+            block[2 * r..2 * r + 2].copy_from_slice(&scales[r * blocks + b].to_le_bytes());
+        }
+        let dst = &mut block[SCALES..];
+        for r in 0..TILE {
+            let row = &codes[r * cols + b * BLOCK..r * cols + (b + 1) * BLOCK];
+            match format {
+                Format::Int8 => {
+                    for (c, &v) in row.iter().enumerate() {
+                        dst[(c / 4) * 64 + 4 * r + c % 4] = (i32::from(v) + 128) as u8;
+                    }
+                }
+                Format::Int4 => {
+                    for c in 0..16 {
+                        let low = (i32::from(row[c]) + 8) as u8;
+                        let high = (i32::from(row[c + 16]) + 8) as u8;
+                        dst[(c / 4) * 64 + 4 * r + c % 4] = low | (high << 4);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Decodes rows `range` of `part` into signed codes and f16 scales for `format`.
+fn decode_rows(
+    part: &Stored,
+    range: Range<usize>,
+    format: Format,
+    codes: &mut [i8],
+    scales: &mut [u16],
+) -> Result<()> {
+    let cols = part.cols;
+    let blocks = cols / BLOCK;
+    let half = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
+    match part.dtype {
+        GgmlDType::Q8_0 | GgmlDType::Q5_0 | GgmlDType::Q4_0 => {
+            let block_bytes = part.dtype.type_size();
+            for (i, r) in range.enumerate() {
+                let row = part.row(r);
+                for (b, blk) in row.chunks_exact(block_bytes).enumerate() {
+                    scales[i * blocks + b] = half(blk);
+                    let dst = &mut codes[i * cols + b * BLOCK..i * cols + (b + 1) * BLOCK];
+                    match part.dtype {
+                        GgmlDType::Q8_0 => {
+                            for (d, &q) in dst.iter_mut().zip(&blk[2..]) {
+                                *d = q as i8;
+                            }
+                        }
+                        GgmlDType::Q5_0 => {
+                            let high = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                let nibble = (blk[6 + j % 16] >> (4 * (j / 16))) & 15;
+                                let bit = ((high >> j) & 1) as u8;
+                                *d = (nibble | (bit << 4)) as i8 - 16;
+                            }
+                        }
+                        _ => {
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                let nibble = (blk[2 + j % 16] >> (4 * (j / 16))) & 15;
+                                *d = nibble as i8 - 8;
+                            }
+                        }
+                    }
+                }
+            }
+            if format == Format::Int4 && part.dtype != GgmlDType::Q4_0 {
+                unreachable!("Int4 is only chosen when every part is Q4_0");
+            }
+            Ok(())
+        }
+        dtype => {
+            let n = range.len();
+            let bytes = &part.bytes[range.start * part.row_bytes()..range.end * part.row_bytes()];
+            let decode = |e| Error::Decode {
+                name: part.name.to_string(),
+                source: e,
+            };
+            let values = ggml_file::qtensor_from_ggml(dtype, bytes, vec![n, cols], &Device::Cpu)
+                .and_then(|t| t.dequantize(&Device::Cpu))
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(decode)?;
+            for (i, row) in values.chunks_exact(cols).enumerate() {
+                if let Some(bad) = row.iter().find(|v| !v.is_finite()) {
+                    return Err(part.fail(format!("row {} holds {bad}", range.start + i)));
+                }
+                for (b, x) in row.chunks_exact(BLOCK).enumerate() {
+                    let (scale, q) = quantize_block(x);
+                    scales[i * blocks + b] = scale;
+                    codes[i * cols + b * BLOCK..i * cols + (b + 1) * BLOCK].copy_from_slice(&q);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Int8 codes of one block of weights: f16 scale = largest magnitude / 127, codes rounded
+/// against the f16 scale.
+fn quantize_block(x: &[f32]) -> (u16, [i8; BLOCK]) {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = f16::from_f32(amax / 127.0);
+    let s = scale.to_f32();
+    let mut q = [0i8; BLOCK];
+    if s > 0.0 {
+        for (q, &v) in q.iter_mut().zip(x) {
+            *q = (v / s).round().clamp(-127.0, 127.0) as i8;
+        }
+    }
+    (scale.to_bits(), q)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::activations::Activations;
+
+    /// A deterministic pseudo-random sequence.
+    pub(crate) struct Lcg(pub u64);
+
+    impl Lcg {
+        pub fn next(&mut self) -> u32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) as u32
+        }
+
+        pub fn float(&mut self) -> f32 {
+            self.next() as f32 / (1u64 << 31) as f32 - 1.0
+        }
+    }
+
+    /// `rows × cols` GGUF blocks of `dtype` (Q8_0, Q5_0 or Q4_0) with random codes and scales,
+    /// and the values they stand for.
+    pub(crate) fn blocks(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        seed: u64,
+    ) -> (Vec<u8>, Vec<f32>) {
+        let mut rng = Lcg(seed);
+        let mut bytes = Vec::new();
+        let mut values = Vec::new();
+        for _ in 0..rows * cols / 32 {
+            let d = f16::from_f32(0.001 + (rng.next() % 1000) as f32 * 1e-5);
+            bytes.extend(d.to_bits().to_le_bytes());
+            let d = d.to_f32();
+            match dtype {
+                GgmlDType::Q8_0 => {
+                    for _ in 0..32 {
+                        let q = (rng.next() % 255) as i32 - 127;
+                        bytes.push(q as i8 as u8);
+                        values.push(q as f32 * d);
+                    }
+                }
+                GgmlDType::Q5_0 => {
+                    let codes: Vec<u32> = (0..32).map(|_| rng.next() % 32).collect();
+                    let high = codes
+                        .iter()
+                        .enumerate()
+                        .fold(0u32, |h, (j, c)| h | ((c >> 4) << j));
+                    bytes.extend(high.to_le_bytes());
+                    bytes.extend(
+                        (0..16).map(|j| ((codes[j] & 15) | ((codes[j + 16] & 15) << 4)) as u8),
+                    );
+                    values.extend(codes.iter().map(|&c| (c as i32 - 16) as f32 * d));
+                }
+                GgmlDType::Q4_0 => {
+                    let codes: Vec<u32> = (0..32).map(|_| rng.next() % 16).collect();
+                    bytes.extend((0..16).map(|j| (codes[j] | (codes[j + 16] << 4)) as u8));
+                    values.extend(codes.iter().map(|&c| (c as i32 - 8) as f32 * d));
+                }
+                other => panic!("no test blocks for {other:?}"),
+            }
+        }
+        (bytes, values)
+    }
+
+    fn stored<'a>(
+        name: &'a str,
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        bytes: &'a [u8],
+    ) -> Stored<'a> {
+        Stored {
+            name,
+            dtype,
+            rows,
+            cols,
+            bytes,
+        }
+    }
+
+    fn activations(tokens: usize, cols: usize, seed: u64) -> (Activations, Vec<f32>) {
+        let mut rng = Lcg(seed);
+        let x: Vec<f32> = (0..tokens * cols).map(|_| rng.float()).collect();
+        let mut a = Activations::new(tokens, cols);
+        for (t, row) in x.chunks_exact(cols).enumerate() {
+            a.set(t, row);
+        }
+        (a, x)
+    }
+
+    #[test]
+    fn exact_formats_are_repacked_code_for_code() {
+        for (dtype, format) in [
+            (GgmlDType::Q8_0, Format::Int8),
+            (GgmlDType::Q5_0, Format::Int8),
+            (GgmlDType::Q4_0, Format::Int4),
+        ] {
+            let (bytes, values) = blocks(dtype, 40, 96, 7);
+            let m = Matrix::pack(&[stored("w", dtype, 40, 96, &bytes)]).unwrap();
+            assert_eq!(m.format(), format);
+            assert_eq!((m.rows(), m.cols(), m.tiles()), (40, 96, 3));
+            let mut row = vec![0.0; 96];
+            for r in 0..40 {
+                m.row(r, &mut row);
+                assert_eq!(row, values[r * 96..(r + 1) * 96], "{dtype:?} row {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn mixed_parts_stack_as_int8() {
+        let (a, va) = blocks(GgmlDType::Q4_0, 16, 64, 1);
+        let (b, vb) = blocks(GgmlDType::Q8_0, 8, 64, 2);
+        let m = Matrix::pack(&[
+            stored("a", GgmlDType::Q4_0, 16, 64, &a),
+            stored("b", GgmlDType::Q8_0, 8, 64, &b),
+        ])
+        .unwrap();
+        assert_eq!((m.format(), m.rows()), (Format::Int8, 24));
+        let mut row = vec![0.0; 64];
+        m.row(3, &mut row);
+        assert_eq!(row, va[3 * 64..4 * 64]);
+        m.row(20, &mut row);
+        assert_eq!(row, vb[4 * 64..5 * 64]);
+    }
+
+    #[test]
+    fn other_types_are_quantized_to_int8() {
+        let mut rng = Lcg(3);
+        let values: Vec<f32> = (0..32 * 64).map(|_| rng.float()).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let m = Matrix::pack(&[stored("f", GgmlDType::F32, 32, 64, &bytes)]).unwrap();
+        assert_eq!(m.format(), Format::Int8);
+        let mut row = vec![0.0; 64];
+        for r in 0..32 {
+            m.row(r, &mut row);
+            for (got, want) in row.iter().zip(&values[r * 64..]) {
+                assert!((got - want).abs() <= 1.0 / 127.0, "{got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_and_values_are_errors() {
+        let (bytes, _) = blocks(GgmlDType::Q8_0, 4, 64, 1);
+        let err = Matrix::pack(&[stored("w", GgmlDType::Q8_0, 5, 64, &bytes)]).unwrap_err();
+        assert!(err.to_string().contains("do not hold 5 rows"), "{err}");
+        let f: Vec<u8> = (0..48).flat_map(|_| 1.0f32.to_le_bytes()).collect();
+        let err = Matrix::pack(&[stored("odd", GgmlDType::F32, 1, 48, &f)]).unwrap_err();
+        assert!(err.to_string().contains("multiple of 32"), "{err}");
+        let mut nan: Vec<u8> = (0..32).flat_map(|_| 1.0f32.to_le_bytes()).collect();
+        nan[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+        let err = Matrix::pack(&[stored("nan", GgmlDType::F32, 1, 32, &nan)]).unwrap_err();
+        assert!(err.to_string().contains("NaN"), "{err}");
+        assert!(Matrix::pack(&[]).is_err());
+    }
+
+    /// The product against f32 arithmetic on the dequantized weights and activations.
+    #[test]
+    fn the_product_is_the_dot_product_of_the_values() {
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+            let (rows, cols, tokens) = (37, 128, 6);
+            let (bytes, w) = blocks(dtype, rows, cols, 11);
+            let m = Matrix::pack(&[stored("w", dtype, rows, cols, &bytes)]).unwrap();
+            let (a, _) = activations(tokens, cols, 5);
+            let x = a.rows(tokens);
+            let mut out = vec![0.0; tokens * rows];
+            m.multiply(Kernel::Portable, x, &mut out, Write::Store);
+            for t in 0..tokens {
+                for r in 0..rows {
+                    let want: f64 = (0..cols)
+                        .map(|c| {
+                            let xv = f64::from(x.q[t * cols + c])
+                                * f64::from(x.d[t * cols / 32 + c / 32]);
+                            f64::from(w[r * cols + c]) * xv
+                        })
+                        .sum();
+                    let got = f64::from(out[t * rows + r]);
+                    assert!(
+                        (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "{dtype:?} t{t} r{r}: {got} vs {want}"
+                    );
+                }
+            }
+            let before = out.clone();
+            m.multiply(Kernel::Portable, x, &mut out, Write::Add);
+            assert!(out.iter().zip(&before).all(|(o, b)| *o == 2.0 * b));
+        }
+    }
+
+    /// The SIMD kernel gives the portable kernel's results bit for bit, for every token count
+    /// a pass takes and a row count that leaves a partial tile.
+    #[test]
+    fn the_fastest_kernel_matches_the_portable_one() {
+        let kernel = Kernel::detect();
+        if kernel == Kernel::Portable {
+            eprintln!("this CPU has no SIMD kernel; nothing to compare");
+            return;
+        }
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0, GgmlDType::Q4_0] {
+            let (rows, cols) = (40, 896);
+            let (bytes, _) = blocks(dtype, rows, cols, 21);
+            let m = Matrix::pack(&[stored("w", dtype, rows, cols, &bytes)]).unwrap();
+            for tokens in 1..=9 {
+                let (a, _) = activations(tokens, cols, tokens as u64);
+                let mut fast = vec![0.0; tokens * rows];
+                let mut reference = vec![0.0; tokens * rows];
+                m.multiply(kernel, a.rows(tokens), &mut fast, Write::Store);
+                m.multiply(
+                    Kernel::Portable,
+                    a.rows(tokens),
+                    &mut reference,
+                    Write::Store,
+                );
+                assert_eq!(fast, reference, "{dtype:?}, {tokens} tokens");
+            }
+        }
+    }
+}
