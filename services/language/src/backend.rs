@@ -4,6 +4,8 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
+use companion_engine::Kernel;
+
 use crate::error::{Error, Result};
 use crate::generate::TextGenerator;
 use crate::llama::LlamaCpp;
@@ -16,10 +18,9 @@ pub const LLM_BACKEND_ENV: &str = "COMPANION_LLM_BACKEND";
 /// An LLM runtime. All load the same GGUF files and answer with the same prompt tokens,
 /// greedy decoding and stop rules. The engine and llama.cpp keep the prompt's KV cache between
 /// calls; candle does not and is the slowest.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
     /// companion's own engine ([`Native`], crate `companion-engine`).
-    #[default]
     Native,
     /// llama.cpp through `llama-cpp-2` ([`LlamaCpp`]).
     LlamaCpp,
@@ -38,6 +39,17 @@ impl Backend {
             Backend::Native => "engine",
             Backend::LlamaCpp => "llama.cpp",
             Backend::Candle => "candle",
+        }
+    }
+}
+
+/// The engine where its AVX-512 VNNI kernels run (picked at run time, whatever the build's
+/// target CPU), else llama.cpp: the engine's portable kernel is for correctness, not speed.
+impl Default for Backend {
+    fn default() -> Backend {
+        match Kernel::detect() {
+            Kernel::Avx512Vnni => Backend::Native,
+            Kernel::Portable => Backend::LlamaCpp,
         }
     }
 }
@@ -86,7 +98,13 @@ mod tests {
         for backend in Backend::ALL {
             assert_eq!(backend.to_string().parse::<Backend>().unwrap(), backend);
         }
-        assert_eq!(Backend::default(), Backend::Native);
+        let fast = Kernel::detect() == Kernel::Avx512Vnni;
+        let expected = if fast {
+            Backend::Native
+        } else {
+            Backend::LlamaCpp
+        };
+        assert_eq!(Backend::default(), expected);
         assert_eq!("native".parse::<Backend>().unwrap(), Backend::Native);
         assert_eq!(" Llama-CPP ".parse::<Backend>().unwrap(), Backend::LlamaCpp);
         let err = "onnx".parse::<Backend>().unwrap_err();

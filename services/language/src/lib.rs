@@ -1,14 +1,16 @@
 //! Local language models for companion, on the CPU.
 //!
 //! * Chat models (GGUF; Qwen2.5 `qwen2`, SmolLM2 `llama`) behind one
-//!   trait, [`TextGenerator`], on two runtimes chosen by [`Backend`]:
-//!   [`LlamaCpp`] (llama.cpp, the default: faster, and keeps a shared
-//!   prompt prefix in its KV cache between calls) and [`Llm`] (candle).
-//!   Both rebuild the byte-level BPE tokenizer from the GGUF metadata
-//!   ([`LlmTokenizer`]), apply the ChatML chat template ([`ChatTemplate`])
-//!   and generate deterministically (greedy), so they see the same prompt
-//!   tokens. One loaded model is shared by all jobs; see the [`llama`] and
-//!   [`llm`] modules for how each keeps its KV cache per call.
+//!   trait, [`TextGenerator`], on three runtimes chosen by [`Backend`]:
+//!   [`Native`] (companion's own engine, crate `companion-engine`, the
+//!   default: the fastest at generating), [`LlamaCpp`] (llama.cpp) and
+//!   [`Llm`] (candle). All rebuild the byte-level BPE tokenizer from the GGUF
+//!   metadata ([`LlmTokenizer`]), apply the ChatML chat template
+//!   ([`ChatTemplate`]) and generate deterministically (greedy), so they see
+//!   the same prompt tokens; the engine and llama.cpp keep a shared prompt
+//!   prefix in their KV caches between calls. One loaded model is shared by
+//!   all jobs; see the [`native`], [`llama`] and [`llm`] modules for how each
+//!   keeps its KV cache per call.
 //! * [`Embedder`]: sentence embeddings (all-MiniLM-L6-v2, 384 dims,
 //!   unit length) and [`cosine`] similarity.
 //! * [`resolve_model`] / [`installed_model`]: models by manifest name from
@@ -20,7 +22,7 @@
 //! };
 //! # fn main() -> companion_language::Result<()> {
 //! let path = installed_model("qwen2.5-0.5b", LLM_ROLE)?;
-//! let llm = load_generator(Backend::LlamaCpp, &path, Some(2))?;
+//! let llm = load_generator(Backend::Native, &path, Some(2))?;
 //! let answer = llm.chat(
 //!     &[Message::user("What is the capital of France? Answer in one word.")],
 //!     &GenerateOptions::max_new_tokens(16),

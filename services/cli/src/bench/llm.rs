@@ -11,8 +11,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use companion_language::{
-    GenerateOptions, Generation, LLAMA_CONTEXT_LENGTH, LLM_ROLE, LlmTokenizer, Message, StopReason,
-    TextGenerator, chat_format, resolve_model,
+    GenerateOptions, Generation, LLAMA_CONTEXT_LENGTH, LLM_ROLE, LlmTokenizer, Message, Native,
+    StopReason, TextGenerator, chat_format, resolve_model,
 };
 use companion_models::ModelCache;
 use serde_json::json;
@@ -33,7 +33,7 @@ pub struct LlmArgs {
     #[arg(long, default_value = crate::process::DEFAULT_LLM)]
     llm_model: String,
     /// Backends to compare.
-    #[arg(long, value_delimiter = ',', default_value = "llama.cpp,candle")]
+    #[arg(long, value_delimiter = ',', default_value = "engine,llama.cpp")]
     backends: Vec<Backend>,
     /// Compute threads (default: the backends' default, the physical cores).
     #[arg(long)]
@@ -88,7 +88,19 @@ pub fn run(args: LlmArgs, models_dir: &Path) -> Result<()> {
     let mut sides: Vec<Side> = Vec::new();
     for backend in &args.backends {
         let started = Instant::now();
-        let generator = load_generator(*backend, &path, args.threads)?;
+        let generator = if *backend == Backend::Native {
+            // The engine repacks the file's weights; what it reads a token differs from the file.
+            let native = Native::load(&path, args.threads)?;
+            let model = native.model();
+            println!(
+                "engine: reads {:.0} MB of weights a token (the file's types repacked into int8/int4 tiles; {} kernel)",
+                model.weight_bytes() as f64 / 1e6,
+                model.kernel().as_str()
+            );
+            Box::new(native) as Box<dyn TextGenerator>
+        } else {
+            load_generator(*backend, &path, args.threads)?
+        };
         let load_ms = started.elapsed().as_secs_f64() * 1000.0;
         sides.push(Side::new(
             backend.to_string(),
