@@ -58,7 +58,7 @@ pub enum Error {
 
     /// companion's own engine failed to load or run a model.
     #[error("engine: {0}")]
-    Engine(#[from] companion_engine::Error),
+    Engine(Box<companion_engine::Error>),
 
     /// The prompt does not leave room for a single generated token.
     #[error("prompt of {prompt_tokens} tokens does not fit the context window of {context} tokens")]
@@ -84,6 +84,12 @@ pub enum Error {
     /// fetch` to run).
     #[error(transparent)]
     Models(Box<companion_models::Error>),
+}
+
+impl From<companion_engine::Error> for Error {
+    fn from(err: companion_engine::Error) -> Self {
+        Error::Engine(Box::new(err))
+    }
 }
 
 impl From<companion_models::Error> for Error {
