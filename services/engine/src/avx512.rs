@@ -4,7 +4,8 @@
 //! sum starts at `-offset × Σ x` and each 64-byte group of weight codes is multiplied with the
 //! token's four matching activation codes (one 32-bit broadcast) by `vpdpbusd`; the 16 sums
 //! then go to f32 and are added, times scale × activation scale, with one FMA. The loads of
-//! the weights are shared by up to four tokens (prompt processing).
+//! the weights are shared by up to four tokens (prompt processing). Int4 and Int5 unpack two
+//! nibbles per byte first, Int5 adding the fifth bits with a masked byte add.
 
 use std::arch::x86_64::*;
 
@@ -21,27 +22,37 @@ pub(crate) fn tile_product(format: Format, w: &[u8], x: Rows, out: &mut [[f32; T
     // the asserts above keep every load inside the slices.
     unsafe {
         match (format, out.len()) {
-            (Format::Int8, 1) => tile::<1, false>(w, x, out),
-            (Format::Int8, 2) => tile::<2, false>(w, x, out),
-            (Format::Int8, 3) => tile::<3, false>(w, x, out),
-            (Format::Int8, _) => tile::<4, false>(w, x, out),
-            (Format::Int4, 1) => tile::<1, true>(w, x, out),
-            (Format::Int4, 2) => tile::<2, true>(w, x, out),
-            (Format::Int4, 3) => tile::<3, true>(w, x, out),
-            (Format::Int4, _) => tile::<4, true>(w, x, out),
+            (Format::Int8, 1) => tile::<1, INT8>(w, x, out),
+            (Format::Int8, 2) => tile::<2, INT8>(w, x, out),
+            (Format::Int8, 3) => tile::<3, INT8>(w, x, out),
+            (Format::Int8, _) => tile::<4, INT8>(w, x, out),
+            (Format::Int4, 1) => tile::<1, INT4>(w, x, out),
+            (Format::Int4, 2) => tile::<2, INT4>(w, x, out),
+            (Format::Int4, 3) => tile::<3, INT4>(w, x, out),
+            (Format::Int4, _) => tile::<4, INT4>(w, x, out),
+            (Format::Int5, 1) => tile::<1, INT5>(w, x, out),
+            (Format::Int5, 2) => tile::<2, INT5>(w, x, out),
+            (Format::Int5, 3) => tile::<3, INT5>(w, x, out),
+            (Format::Int5, _) => tile::<4, INT5>(w, x, out),
         }
     }
 }
 
+const INT8: u8 = 0;
+const INT4: u8 = 1;
+const INT5: u8 = 2;
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile<const N: usize, const INT4: bool>(w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
-    let blocks = x.cols / BLOCK;
-    let block_bytes = if INT4 {
-        Format::Int4.block_bytes()
-    } else {
-        Format::Int8.block_bytes()
+unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
+    let format = match FORMAT {
+        INT8 => Format::Int8,
+        INT4 => Format::Int4,
+        _ => Format::Int5,
     };
-    let offset: i32 = if INT4 { 8 } else { 128 };
+    let blocks = x.cols / BLOCK;
+    let block_bytes = format.block_bytes();
+    let offset = format.offset();
+    let sixteen = _mm512_set1_epi8(16);
     let nibble = _mm512_set1_epi8(15);
     let mut acc = [_mm512_setzero_ps(); N];
     let w = w.as_ptr();
@@ -62,11 +73,19 @@ unsafe fn tile<const N: usize, const INT4: bool>(w: &[u8], x: Rows, out: &mut [[
                 let at = q.add(j * x.cols + b * BLOCK + 4 * g) as *const i32;
                 _mm512_set1_epi32(at.read_unaligned())
             };
-            if INT4 {
+            if FORMAT != INT8 {
+                let masks = codes.add(256) as *const u64;
                 for g in 0..4 {
                     let v = _mm512_loadu_si512(codes.add(64 * g) as *const _);
-                    let low = _mm512_and_si512(v, nibble);
-                    let high = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+                    let mut low = _mm512_and_si512(v, nibble);
+                    let mut high = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+                    if FORMAT == INT5 {
+                        // The fifth bits: 16 added where a mask bit is set.
+                        let k_low = _cvtu64_mask64(masks.add(2 * g).read_unaligned());
+                        let k_high = _cvtu64_mask64(masks.add(2 * g + 1).read_unaligned());
+                        low = _mm512_mask_add_epi8(low, k_low, low, sixteen);
+                        high = _mm512_mask_add_epi8(high, k_high, high, sixteen);
+                    }
                     for (j, s) in sums.iter_mut().enumerate() {
                         *s = _mm512_dpbusd_epi32(*s, low, group(j, g));
                         *s = _mm512_dpbusd_epi32(*s, high, group(j, g + 4));

@@ -16,15 +16,20 @@
 //!   values plus 8. That is exactly the byte order of ggml's Q4_0 blocks, so a Q4_0 matrix is
 //!   repacked without decoding it.
 //!
+//! * [`Format::Int5`]: the Int4 nibbles of the values plus 16, then their fifth bits: eight
+//!   64-bit masks, mask `2g` for the low-nibble columns of group `g` and `2g + 1` for the
+//!   high-nibble ones, bit `4r + k` for row `r`'s byte `k`. A masked byte add (AVX-512BW) puts
+//!   the bit back. That is Q5_0's 5.5 bits per weight, code for code.
+//!
 //! `vpdpbusd` multiplies unsigned by signed bytes, hence the offsets: the weight codes are
 //! stored unsigned and the product of the offset with the activation codes, `offset × Σ x`,
 //! is subtracted with the block's activation sum (kept with the quantized activations).
 //!
 //! # From GGUF
 //!
-//! Q8_0, Q5_0 and Q4_0 blocks are copied code for code with their f16 scale (Q4_0 into
-//! Int4 when every part of the matrix is Q4_0, else into Int8; Q5_0 into Int8): the engine
-//! computes with exactly the weights of the file. Every other type is decoded to f32 and
+//! Q8_0, Q5_0 and Q4_0 blocks are copied code for code with their f16 scale, into the
+//! narrowest format that holds every part of the matrix (Int4 for Q4_0 only, Int5 for Q5_0 and
+//! Q4_0, else Int8): the engine computes with exactly the weights of the file. Every other type is decoded to f32 and
 //! quantized to Int8 by block (scale = largest magnitude / 127, rounded to f16).
 
 use std::ops::Range;
@@ -52,6 +57,8 @@ pub enum Format {
     Int8,
     /// Signed 4-bit codes.
     Int4,
+    /// Signed 5-bit codes.
+    Int5,
 }
 
 impl Format {
@@ -61,6 +68,7 @@ impl Format {
             + match self {
                 Format::Int8 => TILE * BLOCK,
                 Format::Int4 => TILE * BLOCK / 2,
+                Format::Int5 => TILE * BLOCK / 2 + TILE * BLOCK / 8,
             }
     }
 
@@ -69,6 +77,7 @@ impl Format {
         match self {
             Format::Int8 => 128,
             Format::Int4 => 8,
+            Format::Int5 => 16,
         }
     }
 }
@@ -196,6 +205,11 @@ impl Matrix {
         }
         let format = if parts.iter().all(|p| p.dtype == GgmlDType::Q4_0) {
             Format::Int4
+        } else if parts
+            .iter()
+            .all(|p| matches!(p.dtype, GgmlDType::Q4_0 | GgmlDType::Q5_0))
+        {
+            Format::Int5
         } else {
             Format::Int8
         };
@@ -356,6 +370,13 @@ fn code(format: Format, codes: &[u8], r: usize, c: usize) -> i32 {
             let byte = codes[((c % 16) / 4) * 64 + 4 * r + c % 4];
             i32::from(if c < 16 { byte & 15 } else { byte >> 4 }) - 8
         }
+        Format::Int5 => {
+            let byte = codes[((c % 16) / 4) * 64 + 4 * r + c % 4];
+            let nibble = if c < 16 { byte & 15 } else { byte >> 4 };
+            let (mask, bit) = (2 * ((c % 16) / 4) + c / 16, 4 * r + c % 4);
+            let high = (codes[256 + 8 * mask + bit / 8] >> (bit % 8)) & 1;
+            i32::from(nibble | (high << 4)) - 16
+        }
     }
 }
 
@@ -413,11 +434,19 @@ fn interleave(format: Format, codes: &[i8], scales: &[u16], cols: usize, out: &m
                         dst[(c / 4) * 64 + 4 * r + c % 4] = (i32::from(v) + 128) as u8;
                     }
                 }
-                Format::Int4 => {
+                Format::Int4 | Format::Int5 => {
+                    let offset = format.offset();
                     for c in 0..16 {
-                        let low = (i32::from(row[c]) + 8) as u8;
-                        let high = (i32::from(row[c + 16]) + 8) as u8;
-                        dst[(c / 4) * 64 + 4 * r + c % 4] = low | (high << 4);
+                        let low = (i32::from(row[c]) + offset) as u8;
+                        let high = (i32::from(row[c + 16]) + offset) as u8;
+                        let at = (c / 4) * 64 + 4 * r + c % 4;
+                        dst[at] = (low & 15) | ((high & 15) << 4);
+                        if format == Format::Int5 {
+                            let bit = 4 * r + c % 4;
+                            for (mask, code) in [(2 * (c / 4), low), (2 * (c / 4) + 1, high)] {
+                                dst[256 + 8 * mask + bit / 8] |= ((code >> 4) & 1) << (bit % 8);
+                            }
+                        }
                     }
                 }
             }
@@ -466,9 +495,6 @@ fn decode_rows(
                         }
                     }
                 }
-            }
-            if format == Format::Int4 && part.dtype != GgmlDType::Q4_0 {
-                unreachable!("Int4 is only chosen when every part is Q4_0");
             }
             Ok(())
         }
@@ -612,7 +638,7 @@ pub(crate) mod tests {
     fn exact_formats_are_repacked_code_for_code() {
         for (dtype, format) in [
             (GgmlDType::Q8_0, Format::Int8),
-            (GgmlDType::Q5_0, Format::Int8),
+            (GgmlDType::Q5_0, Format::Int5),
             (GgmlDType::Q4_0, Format::Int4),
         ] {
             let (bytes, values) = blocks(dtype, 40, 96, 7);
@@ -625,6 +651,23 @@ pub(crate) mod tests {
                 assert_eq!(row, values[r * 96..(r + 1) * 96], "{dtype:?} row {r}");
             }
         }
+    }
+
+    #[test]
+    fn q4_0_with_q5_0_stacks_as_int5() {
+        let (a, va) = blocks(GgmlDType::Q5_0, 16, 64, 1);
+        let (b, vb) = blocks(GgmlDType::Q4_0, 24, 64, 2);
+        let m = Matrix::pack(&[
+            stored("a", GgmlDType::Q5_0, 16, 64, &a),
+            stored("b", GgmlDType::Q4_0, 24, 64, &b),
+        ])
+        .unwrap();
+        assert_eq!((m.format(), m.rows()), (Format::Int5, 40));
+        let mut row = vec![0.0; 64];
+        m.row(5, &mut row);
+        assert_eq!(row, va[5 * 64..6 * 64]);
+        m.row(39, &mut row);
+        assert_eq!(row, vb[23 * 64..24 * 64]);
     }
 
     #[test]
@@ -678,7 +721,7 @@ pub(crate) mod tests {
     /// The product against f32 arithmetic on the dequantized weights and activations.
     #[test]
     fn the_product_is_the_dot_product_of_the_values() {
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0, GgmlDType::Q4_0] {
             let (rows, cols, tokens) = (37, 128, 6);
             let (bytes, w) = blocks(dtype, rows, cols, 11);
             let m = Matrix::pack(&[stored("w", dtype, rows, cols, &bytes)]).unwrap();
