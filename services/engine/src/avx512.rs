@@ -5,7 +5,8 @@
 //! token's four matching activation codes (one 32-bit broadcast) by `vpdpbusd`; the 16 sums
 //! then go to f32 and are added, times scale × activation scale, with one FMA. The loads of
 //! the weights are shared by up to four tokens (prompt processing). Int4 and Int5 unpack two
-//! nibbles per byte first, Int5 adding the fifth bits with a masked byte add.
+//! nibbles per byte first, Int5 adding the fifth bits with a masked byte add; Int4Affine adds
+//! its terms times the activation sum with a second FMA.
 
 use std::arch::x86_64::*;
 
@@ -34,6 +35,10 @@ pub(crate) fn tile_product(format: Format, w: &[u8], x: Rows, out: &mut [[f32; T
             (Format::Int5, 2) => tile::<2, INT5>(w, x, out),
             (Format::Int5, 3) => tile::<3, INT5>(w, x, out),
             (Format::Int5, _) => tile::<4, INT5>(w, x, out),
+            (Format::Int4Affine, 1) => tile::<1, AFFINE>(w, x, out),
+            (Format::Int4Affine, 2) => tile::<2, AFFINE>(w, x, out),
+            (Format::Int4Affine, 3) => tile::<3, AFFINE>(w, x, out),
+            (Format::Int4Affine, _) => tile::<4, AFFINE>(w, x, out),
         }
     }
 }
@@ -41,13 +46,15 @@ pub(crate) fn tile_product(format: Format, w: &[u8], x: Rows, out: &mut [[f32; T
 const INT8: u8 = 0;
 const INT4: u8 = 1;
 const INT5: u8 = 2;
+const AFFINE: u8 = 3;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
     let format = match FORMAT {
         INT8 => Format::Int8,
         INT4 => Format::Int4,
-        _ => Format::Int5,
+        INT5 => Format::Int5,
+        _ => Format::Int4Affine,
     };
     let blocks = x.cols / BLOCK;
     let block_bytes = format.block_bytes();
@@ -63,7 +70,7 @@ unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[
         unsafe {
             let block = w.add(b * block_bytes);
             let scales = _mm512_cvtph_ps(_mm256_loadu_si256(block as *const __m256i));
-            let codes = block.add(32);
+            let codes = block.add(format.header());
             let mut sums = [_mm512_setzero_si512(); N];
             for (j, s) in sums.iter_mut().enumerate() {
                 *s = _mm512_set1_epi32(-offset * *x.s.get_unchecked(j * blocks + b));
@@ -100,9 +107,16 @@ unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[
                 }
             }
             for (j, (a, s)) in acc.iter_mut().zip(&sums).enumerate() {
-                let scale =
-                    _mm512_mul_ps(scales, _mm512_set1_ps(*x.d.get_unchecked(j * blocks + b)));
+                let d = *x.d.get_unchecked(j * blocks + b);
+                let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d));
                 *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*s), scale, *a);
+                if FORMAT == AFFINE {
+                    // The added terms times the block's activation sum.
+                    let terms =
+                        _mm512_cvtph_ps(_mm256_loadu_si256(block.add(32) as *const __m256i));
+                    let sum = d * *x.s.get_unchecked(j * blocks + b) as f32;
+                    *a = _mm512_fmadd_ps(terms, _mm512_set1_ps(sum), *a);
+                }
             }
         }
     }

@@ -20,6 +20,9 @@
 //!   64-bit masks, mask `2g` for the low-nibble columns of group `g` and `2g + 1` for the
 //!   high-nibble ones, bit `4r + k` for row `r`'s byte `k`. A masked byte add (AVX-512BW) puts
 //!   the bit back. That is Q5_0's 5.5 bits per weight, code for code.
+//! * [`Format::Int4Affine`]: Int4 with a second f16 per row and block after the scales, a term
+//!   added to every value (`scale × (code − 8) + term`), multiplied by the block's activation
+//!   sum: Q4_K's sub-blocks (a 6-bit scale and minimum each) at 5 bits per weight.
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes, hence the offsets: the weight codes are
 //! stored unsigned and the product of the offset with the activation codes, `offset × Σ x`,
@@ -29,7 +32,8 @@
 //!
 //! Q8_0, Q5_0 and Q4_0 blocks are copied code for code with their f16 scale, into the
 //! narrowest format that holds every part of the matrix (Int4 for Q4_0 only, Int5 for Q5_0 and
-//! Q4_0, else Int8): the engine computes with exactly the weights of the file. Every other type is decoded to f32 and
+//! Q4_0, else Int8): the engine computes with exactly the weights of the file. Q4_K keeps its
+//! codes, its sub-block scale and minimum multiplied out and rounded to f16 (Int4Affine). Every other type is decoded to f32 and
 //! quantized to Int8 by block (scale = largest magnitude / 127, rounded to f16).
 
 use std::ops::Range;
@@ -59,6 +63,8 @@ pub enum Format {
     Int4,
     /// Signed 5-bit codes.
     Int5,
+    /// Signed 4-bit codes and an added term per row and block.
+    Int4Affine,
 }
 
 impl Format {
@@ -69,14 +75,23 @@ impl Format {
                 Format::Int8 => TILE * BLOCK,
                 Format::Int4 => TILE * BLOCK / 2,
                 Format::Int5 => TILE * BLOCK / 2 + TILE * BLOCK / 8,
+                Format::Int4Affine => SCALES + TILE * BLOCK / 2,
             }
+    }
+
+    /// Bytes before the codes: the scales, and the terms of Int4Affine.
+    pub fn header(self) -> usize {
+        match self {
+            Format::Int4Affine => 2 * SCALES,
+            _ => SCALES,
+        }
     }
 
     /// What the stored codes add to the signed values.
     pub fn offset(self) -> i32 {
         match self {
             Format::Int8 => 128,
-            Format::Int4 => 8,
+            Format::Int4 | Format::Int4Affine => 8,
             Format::Int5 => 16,
         }
     }
@@ -205,6 +220,8 @@ impl Matrix {
         }
         let format = if parts.iter().all(|p| p.dtype == GgmlDType::Q4_0) {
             Format::Int4
+        } else if parts.iter().all(|p| p.dtype == GgmlDType::Q4K) {
+            Format::Int4Affine
         } else if parts
             .iter()
             .all(|p| matches!(p.dtype, GgmlDType::Q4_0 | GgmlDType::Q5_0))
@@ -226,9 +243,11 @@ impl Matrix {
         }
         let mut codes = vec![0i8; TILE * cols];
         let mut scales = vec![0u16; TILE * blocks];
+        let mut terms = vec![0u16; TILE * blocks];
         for (tile, out) in data.chunks_exact_mut(blocks * block_bytes).enumerate() {
             codes.fill(0);
             scales.fill(0);
+            terms.fill(0);
             let here = &origin[tile * TILE..((tile + 1) * TILE).min(rows)];
             let mut r = 0;
             while r < here.len() {
@@ -241,10 +260,11 @@ impl Matrix {
                     format,
                     &mut codes[r * cols..(r + run) * cols],
                     &mut scales[r * blocks..(r + run) * blocks],
+                    &mut terms[r * blocks..(r + run) * blocks],
                 )?;
                 r += run;
             }
-            interleave(format, &codes, &scales, cols, out);
+            interleave(format, &codes, &scales, &terms, cols, out);
         }
         Ok(Matrix {
             format,
@@ -286,10 +306,14 @@ impl Matrix {
         for (b, block) in base.chunks_exact(self.format.block_bytes()).enumerate() {
             let scale = f16::from_bits(u16::from_le_bytes([block[2 * r], block[2 * r + 1]]));
             let scale = scale.to_f32();
+            let term = match self.format {
+                Format::Int4Affine => half_at(block, SCALES + 2 * r),
+                _ => 0.0,
+            };
             let values = &mut out[b * BLOCK..(b + 1) * BLOCK];
-            let codes = &block[SCALES..];
+            let codes = &block[self.format.header()..];
             for (c, v) in values.iter_mut().enumerate() {
-                *v = code(self.format, codes, r, c) as f32 * scale;
+                *v = code(self.format, codes, r, c) as f32 * scale + term;
             }
         }
     }
@@ -362,11 +386,16 @@ impl Matrix {
     }
 }
 
+/// The f16 at `at`, as f32.
+fn half_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
+}
+
 /// The signed value of row `r`, column `c` of a block's codes.
 fn code(format: Format, codes: &[u8], r: usize, c: usize) -> i32 {
     match format {
         Format::Int8 => i32::from(codes[(c / 4) * 64 + 4 * r + c % 4]) - 128,
-        Format::Int4 => {
+        Format::Int4 | Format::Int4Affine => {
             let byte = codes[((c % 16) / 4) * 64 + 4 * r + c % 4];
             i32::from(if c < 16 { byte & 15 } else { byte >> 4 }) - 8
         }
@@ -404,28 +433,43 @@ pub(crate) fn portable_tile_product(format: Format, w: &[u8], x: Rows, out: &mut
                 .enumerate()
             {
                 let scale = f16::from_bits(u16::from_le_bytes([block[2 * r], block[2 * r + 1]]));
-                let codes = &block[SCALES..];
+                let codes = &block[format.header()..];
                 let xq = &q[b * BLOCK..(b + 1) * BLOCK];
-                let mut sum = -offset * x.s[t * blocks + b];
+                let (d, s) = (x.d[t * blocks + b], x.s[t * blocks + b]);
+                let mut sum = -offset * s;
                 for (c, &xv) in xq.iter().enumerate() {
                     sum += (code(format, codes, r, c) + offset) * i32::from(xv);
                 }
-                acc = (sum as f32).mul_add(scale.to_f32() * x.d[t * blocks + b], acc);
+                acc = (sum as f32).mul_add(scale.to_f32() * d, acc);
+                if format == Format::Int4Affine {
+                    acc = half_at(block, SCALES + 2 * r).mul_add(d * s as f32, acc);
+                }
             }
             *o = acc;
         }
     }
 }
 
-/// Writes one tile's decoded rows (`codes`: signed values, row-major; `scales`: f16 bits per
-/// row and block) into the tiled layout.
-fn interleave(format: Format, codes: &[i8], scales: &[u16], cols: usize, out: &mut [u8]) {
+/// Writes one tile's decoded rows (`codes`: signed values, row-major; `scales` and `terms`: f16
+/// bits per row and block) into the tiled layout.
+fn interleave(
+    format: Format,
+    codes: &[i8],
+    scales: &[u16],
+    terms: &[u16],
+    cols: usize,
+    out: &mut [u8],
+) {
     let blocks = cols / BLOCK;
     for (b, block) in out.chunks_exact_mut(format.block_bytes()).enumerate() {
         for r in 0..TILE {
             block[2 * r..2 * r + 2].copy_from_slice(&scales[r * blocks + b].to_le_bytes());
+            if format == Format::Int4Affine {
+                let at = SCALES + 2 * r;
+                block[at..at + 2].copy_from_slice(&terms[r * blocks + b].to_le_bytes());
+            }
         }
-        let dst = &mut block[SCALES..];
+        let dst = &mut block[format.header()..];
         for r in 0..TILE {
             let row = &codes[r * cols + b * BLOCK..r * cols + (b + 1) * BLOCK];
             match format {
@@ -434,7 +478,7 @@ fn interleave(format: Format, codes: &[i8], scales: &[u16], cols: usize, out: &m
                         dst[(c / 4) * 64 + 4 * r + c % 4] = (i32::from(v) + 128) as u8;
                     }
                 }
-                Format::Int4 | Format::Int5 => {
+                Format::Int4 | Format::Int5 | Format::Int4Affine => {
                     let offset = format.offset();
                     for c in 0..16 {
                         let low = (i32::from(row[c]) + offset) as u8;
@@ -461,6 +505,7 @@ fn decode_rows(
     format: Format,
     codes: &mut [i8],
     scales: &mut [u16],
+    terms: &mut [u16],
 ) -> Result<()> {
     let cols = part.cols;
     let blocks = cols / BLOCK;
@@ -492,6 +537,39 @@ fn decode_rows(
                                 let nibble = (blk[2 + j % 16] >> (4 * (j / 16))) & 15;
                                 *d = nibble as i8 - 8;
                             }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        GgmlDType::Q4K => {
+            // A super-block of 256 values: f16 d and dmin, 12 bytes of packed 6-bit sub-block
+            // scales and minimums, 128 bytes of codes (two sub-blocks per 32 bytes: low
+            // nibbles, then high). Value = d × scale × code − dmin × minimum.
+            for (i, r) in range.enumerate() {
+                for (sb, blk) in part.row(r).chunks_exact(144).enumerate() {
+                    let d = f16::from_bits(half(&blk[0..2])).to_f32();
+                    let dmin = f16::from_bits(half(&blk[2..4])).to_f32();
+                    let packed = &blk[4..16];
+                    for j in 0..8 {
+                        let (sc, m) = if j < 4 {
+                            (packed[j] & 63, packed[j + 4] & 63)
+                        } else {
+                            (
+                                (packed[j + 4] & 15) | ((packed[j - 4] >> 6) << 4),
+                                (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4),
+                            )
+                        };
+                        let b = sb * 8 + j;
+                        let scale = f16::from_f32(d * f32::from(sc));
+                        let term = 8.0 * scale.to_f32() - dmin * f32::from(m);
+                        scales[i * blocks + b] = scale.to_bits();
+                        terms[i * blocks + b] = f16::from_f32(term).to_bits();
+                        let quants = &blk[16 + 32 * (j / 2)..16 + 32 * (j / 2) + 32];
+                        let dst = &mut codes[i * cols + b * BLOCK..i * cols + (b + 1) * BLOCK];
+                        for (d, &q) in dst.iter_mut().zip(quants) {
+                            *d = ((q >> (4 * (j % 2))) & 15) as i8 - 8;
                         }
                     }
                 }
@@ -668,6 +746,69 @@ pub(crate) mod tests {
         assert_eq!(row, va[5 * 64..6 * 64]);
         m.row(39, &mut row);
         assert_eq!(row, vb[23 * 64..24 * 64]);
+    }
+
+    /// Q4_K against candle's own decoding of the same random blocks: the codes are kept, the
+    /// scale and minimum products are rounded to f16.
+    #[test]
+    fn q4_k_keeps_its_codes_with_an_added_term() {
+        let (rows, cols) = (20, 512);
+        let mut rng = Lcg(9);
+        let mut bytes = Vec::new();
+        for _ in 0..rows * cols / 256 {
+            bytes.extend(
+                f16::from_f32(0.002 + (rng.next() % 100) as f32 * 1e-5)
+                    .to_bits()
+                    .to_le_bytes(),
+            );
+            bytes.extend(
+                f16::from_f32(0.001 + (rng.next() % 100) as f32 * 1e-5)
+                    .to_bits()
+                    .to_le_bytes(),
+            );
+            bytes.extend((0..140).map(|_| rng.next() as u8));
+        }
+        let m = Matrix::pack(&[stored("k", GgmlDType::Q4K, rows, cols, &bytes)]).unwrap();
+        assert_eq!(m.format(), Format::Int4Affine);
+        let want =
+            ggml_file::qtensor_from_ggml(GgmlDType::Q4K, &bytes, vec![rows, cols], &Device::Cpu)
+                .and_then(|t| t.dequantize(&Device::Cpu))
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .unwrap();
+        let mut row = vec![0.0; cols];
+        for r in 0..rows {
+            m.row(r, &mut row);
+            for (c, (got, want)) in row.iter().zip(&want[r * cols..]).enumerate() {
+                assert!(
+                    (got - want).abs() <= 2e-3 * (1.0 + want.abs()),
+                    "r{r} c{c}: {got} vs {want}"
+                );
+            }
+        }
+        // The product, SIMD and portable alike.
+        let (a, _) = activations(5, cols, 4);
+        let mut reference = vec![0.0; 5 * rows];
+        m.multiply(Kernel::Portable, a.rows(5), &mut reference, Write::Store);
+        for t in 0..5 {
+            for r in 0..rows {
+                m.row(r, &mut row);
+                let x = a.rows(5);
+                let exact: f64 = (0..cols)
+                    .map(|c| {
+                        f64::from(row[c])
+                            * f64::from(x.q[t * cols + c])
+                            * f64::from(x.d[(t * cols + c) / 32])
+                    })
+                    .sum();
+                assert!(
+                    (f64::from(reference[t * rows + r]) - exact).abs() < 1e-3 * (1.0 + exact.abs())
+                );
+            }
+        }
+        let mut fast = vec![0.0; 5 * rows];
+        m.multiply(Kernel::detect(), a.rows(5), &mut fast, Write::Store);
+        assert_eq!(fast, reference);
     }
 
     #[test]
