@@ -257,7 +257,6 @@ impl Matrix {
                 decode_rows(
                     &parts[part],
                     first_row..first_row + run,
-                    format,
                     &mut codes[r * cols..(r + run) * cols],
                     &mut scales[r * blocks..(r + run) * blocks],
                     &mut terms[r * blocks..(r + run) * blocks],
@@ -498,11 +497,10 @@ fn interleave(
     }
 }
 
-/// Decodes rows `range` of `part` into signed codes and f16 scales for `format`.
+/// Decodes rows `range` of `part` into signed codes, f16 scales and (Q4_K) f16 added terms.
 fn decode_rows(
     part: &Stored,
     range: Range<usize>,
-    format: Format,
     codes: &mut [i8],
     scales: &mut [u16],
     terms: &mut [u16],
