@@ -6,16 +6,16 @@
 //! after those in a [`Session`]'s KV cache. All threads of a [`team`](crate::team) run each
 //! layer's steps on their share of the work:
 //!
-//! 1. RMS norm and quantization of each token's activations (tokens dealt out);
-//! 2. Q, K and V in one product (one matrix of their stacked rows; rows shared out);
-//! 3. bias, rotary position embedding, and K and V into the cache (tokens dealt out);
-//! 4. attention over the cache (token × head pairs dealt out);
-//! 5. quantization of the attention output (tokens);
-//! 6. output projection, added to the residual stream (rows);
-//! 7. RMS norm and quantization (tokens);
-//! 8. gate and up in one product (rows);
-//! 9. SiLU(gate) × up, quantized (blocks of 32 values);
-//! 10. down projection, added to the residual stream (rows);
+//! 1. RMS norm and quantization of each token's activations (blocks of 32 values shared out);
+//! 2. Q, K and V in one product (one matrix of their stacked rows; tiles of 16 rows claimed by
+//!    the threads as they become free);
+//! 3. bias, rotary position embedding, and K and V into the cache (heads dealt out);
+//! 4. attention over the cache, each head's output quantized (token × head pairs dealt out);
+//! 5. output projection, added to the residual stream (tiles);
+//! 6. RMS norm and quantization (blocks);
+//! 7. gate and up in one product (tiles);
+//! 8. SiLU(gate) × up, quantized (blocks);
+//! 9. down projection, added to the residual stream (tiles);
 //!
 //! with a barrier between steps, and at the end the final norm and the output matrix for the
 //! last token only. The products read every weight once per pass; that is where the time of a
@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use candle_core::Device;
@@ -116,6 +117,14 @@ impl Config {
             });
         }
         let head_dim = embedding / heads;
+        if !head_dim.is_multiple_of(BLOCK) {
+            return Err(Error::Metadata {
+                key: format!("{arch_name}.attention.head_count"),
+                problem: format!(
+                    "heads of {head_dim} values (the engine needs multiples of {BLOCK})"
+                ),
+            });
+        }
         if let Ok(rope_dims) = number("rope.dimension_count")
             && rope_dims != head_dim
         {
@@ -532,7 +541,6 @@ impl Model {
         let mut act_ff = Activations::new(n, ff);
         let mut act_last = Activations::new(1, e);
         let mut qkv = vec![0.0f32; n * qkv_width];
-        let mut attn = vec![0.0f32; n * e];
         let mut gate_up = vec![0.0f32; n * 2 * ff];
         let mut no_logits = Vec::new();
         let want_logits = logits.is_some();
@@ -554,7 +562,6 @@ impl Model {
             act_e
         };
         let qkv = Shared::new(&mut qkv);
-        let attn = Shared::new(&mut attn);
         let gate_up = Shared::new(&mut gate_up);
         let logits_out = Shared::new(logits);
         let caches: Vec<(Shared<f32>, Shared<f32>)> = session
@@ -564,66 +571,72 @@ impl Model {
             .map(|(k, v)| (Shared::new(k), Shared::new(v)))
             .collect();
         let scale = 1.0 / (hd as f32).sqrt();
+        let rotations: Vec<(f32, f32)> = (0..n).flat_map(|t| rotation(c, start + t)).collect();
         let group = c.heads / c.kv_heads;
+        // One tile counter per product of the pass (four a layer and the output).
+        let counters: Vec<AtomicUsize> =
+            (0..4 * c.layers + 1).map(|_| AtomicUsize::new(0)).collect();
 
         team::run(threads, |m: Member| {
             let mut normed = vec![0.0f32; e];
+            let mut head_out = vec![0.0f32; hd];
             let mut scores = Vec::new();
             let mut ffn_values = [0.0f32; BLOCK];
-            for (layer, (k_cache, v_cache)) in self.layers.iter().zip(&caches) {
-                // 1. norm + quantize
-                for t in m.deal(n) {
-                    // SAFETY: row t of x is read-only now; row t of act_e is this thread's.
-                    unsafe {
-                        rms_norm(
-                            &x.all()[t * e..(t + 1) * e],
-                            &layer.attn_norm,
-                            c.rms_epsilon,
-                            &mut normed,
-                        );
-                        act_e.set(t, &normed);
-                    }
-                }
+            for (l, (layer, (k_cache, v_cache))) in self.layers.iter().zip(&caches).enumerate() {
+                // 1. norm + quantize, by block
+                // SAFETY: x is read-only now; the blocks of act_e shared out are this thread's.
+                unsafe { norm_blocks(&m, x.all(), &layer.attn_norm, c.rms_epsilon, n, act_e) };
                 m.sync();
                 // 2. Q, K, V
                 // SAFETY: act_e is read-only in this step; each thread writes its own rows.
                 unsafe {
-                    layer.qkv.multiply_raw(
+                    product(
+                        &m,
+                        &counters[4 * l],
                         self.kernel,
+                        &layer.qkv,
                         act_e.rows(n),
-                        share_tiles(&m, &layer.qkv),
                         qkv.ptr(),
                         qkv_width,
                         Write::Store,
                     );
                 }
                 m.sync();
-                // 3. bias, rotary embedding, cache
-                for t in m.deal(n) {
-                    // SAFETY: token t's row of qkv and cache position are this thread's.
+                // 3. bias, rotary embedding, cache, by head
+                for item in m.deal(n * (c.heads + c.kv_heads)) {
+                    let (t, head) = (item / (c.heads + c.kv_heads), item % (c.heads + c.kv_heads));
+                    let pos = start + t;
+                    let angles = &rotations[t * hd / 2..(t + 1) * hd / 2];
+                    let bias = layer.qkv_bias.as_deref();
+                    // SAFETY: this head's slices of token t's row and cache position are this
+                    // thread's.
                     unsafe {
-                        let row = qkv.part(t * qkv_width..(t + 1) * qkv_width);
-                        if let Some(bias) = &layer.qkv_bias {
-                            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                        let row = t * qkv_width;
+                        if head < c.heads {
+                            let q = row + head * hd..row + (head + 1) * hd;
+                            add_bias(qkv.part(q.clone()), bias, q.start - row);
+                            rotate(c.architecture, qkv.part(q), angles);
+                        } else {
+                            let h = head - c.heads;
+                            let k = row + e + h * hd..row + e + (h + 1) * hd;
+                            let v = row + e + kv + h * hd..row + e + kv + (h + 1) * hd;
+                            add_bias(qkv.part(k.clone()), bias, k.start - row);
+                            add_bias(qkv.part(v.clone()), bias, v.start - row);
+                            rotate(c.architecture, qkv.part(k.clone()), angles);
+                            let at = pos * kv + h * hd;
+                            k_cache.part(at..at + hd).copy_from_slice(qkv.part(k));
+                            v_cache.part(at..at + hd).copy_from_slice(qkv.part(v));
                         }
-                        let pos = start + t;
-                        rope(c, &mut row[..e + kv], pos);
-                        k_cache
-                            .part(pos * kv..(pos + 1) * kv)
-                            .copy_from_slice(&row[e..e + kv]);
-                        v_cache
-                            .part(pos * kv..(pos + 1) * kv)
-                            .copy_from_slice(&row[e + kv..]);
                     }
                 }
                 m.sync();
-                // 4. attention
+                // 4. attention, each head's output quantized (heads are whole blocks)
                 for item in m.deal(n * c.heads) {
                     let (t, h) = (item / c.heads, item % c.heads);
                     let pos = start + t;
                     let kvh = h / group;
-                    // SAFETY: qkv and the caches are read-only in this step; the head's slice
-                    // of attn is this thread's.
+                    // SAFETY: qkv and the caches are read-only in this step; the head's
+                    // blocks of act_attn are this thread's.
                     unsafe {
                         let q = &qkv.all()[t * qkv_width + h * hd..t * qkv_width + (h + 1) * hd];
                         let keys = k_cache.all();
@@ -633,61 +646,53 @@ impl Model {
                             dot(q, &keys[j * kv + kvh * hd..j * kv + (kvh + 1) * hd]) * scale
                         }));
                         softmax(&mut scores);
-                        let out = attn.part(t * e + h * hd..t * e + (h + 1) * hd);
-                        out.fill(0.0);
+                        head_out.fill(0.0);
                         for (j, &p) in scores.iter().enumerate() {
-                            axpy(p, &values[j * kv + kvh * hd..j * kv + (kvh + 1) * hd], out);
+                            let v = &values[j * kv + kvh * hd..j * kv + (kvh + 1) * hd];
+                            axpy(p, v, &mut head_out);
+                        }
+                        for (i, block) in head_out.chunks_exact(BLOCK).enumerate() {
+                            let block: &[f32; BLOCK] = block.try_into().expect("a whole block");
+                            act_attn.set_block(t, h * hd / BLOCK + i, block);
                         }
                     }
                 }
                 m.sync();
-                // 5. quantize the attention output
-                for t in m.deal(n) {
-                    // SAFETY: attn is read-only; row t of act_attn is this thread's.
-                    unsafe { act_attn.set(t, &attn.all()[t * e..(t + 1) * e]) };
-                }
-                m.sync();
-                // 6. output projection into the residual stream
+                // 5. output projection into the residual stream
                 // SAFETY: act_attn read-only; rows of x shared out.
                 unsafe {
-                    layer.attn_output.multiply_raw(
+                    product(
+                        &m,
+                        &counters[4 * l + 1],
                         self.kernel,
+                        &layer.attn_output,
                         act_attn.rows(n),
-                        share_tiles(&m, &layer.attn_output),
                         x.ptr(),
                         e,
                         Write::Add,
                     );
                 }
                 m.sync();
-                // 7. norm + quantize
-                for t in m.deal(n) {
-                    // SAFETY: as in step 1.
-                    unsafe {
-                        rms_norm(
-                            &x.all()[t * e..(t + 1) * e],
-                            &layer.ffn_norm,
-                            c.rms_epsilon,
-                            &mut normed,
-                        );
-                        act_e.set(t, &normed);
-                    }
-                }
+                // 6. norm + quantize, by block
+                // SAFETY: x is read-only now; the blocks of act_e shared out are this thread's.
+                unsafe { norm_blocks(&m, x.all(), &layer.ffn_norm, c.rms_epsilon, n, act_e) };
                 m.sync();
-                // 8. gate and up
+                // 7. gate and up
                 // SAFETY: as in step 2.
                 unsafe {
-                    layer.gate_up.multiply_raw(
+                    product(
+                        &m,
+                        &counters[4 * l + 2],
                         self.kernel,
+                        &layer.gate_up,
                         act_e.rows(n),
-                        share_tiles(&m, &layer.gate_up),
                         gate_up.ptr(),
                         2 * ff,
                         Write::Store,
                     );
                 }
                 m.sync();
-                // 9. SiLU(gate) × up, quantized by block
+                // 8. SiLU(gate) × up, quantized by block
                 let blocks = ff / BLOCK;
                 for item in m.share(n * blocks) {
                     let (t, b) = (item / blocks, item % blocks);
@@ -703,13 +708,15 @@ impl Model {
                     }
                 }
                 m.sync();
-                // 10. down projection into the residual stream
-                // SAFETY: as in step 6.
+                // 9. down projection into the residual stream
+                // SAFETY: as in step 5.
                 unsafe {
-                    layer.down.multiply_raw(
+                    product(
+                        &m,
+                        &counters[4 * l + 3],
                         self.kernel,
+                        &layer.down,
                         act_ff.rows(n),
-                        share_tiles(&m, &layer.down),
                         x.ptr(),
                         e,
                         Write::Add,
@@ -721,22 +728,23 @@ impl Model {
                 if m.id == 0 {
                     // SAFETY: only this thread runs here, before the barrier.
                     unsafe {
-                        rms_norm(
-                            &x.all()[(n - 1) * e..n * e],
-                            &self.output_norm,
-                            c.rms_epsilon,
-                            &mut normed,
-                        );
+                        let row = &x.all()[(n - 1) * e..n * e];
+                        let inverse = rms_scale(row, c.rms_epsilon);
+                        for ((o, &v), &w) in normed.iter_mut().zip(row).zip(&self.output_norm) {
+                            *o = v * inverse * w;
+                        }
                         act_last.set(0, &normed);
                     }
                 }
                 m.sync();
                 // SAFETY: act_last read-only; rows of the logits shared out.
                 unsafe {
-                    self.output.multiply_raw(
+                    product(
+                        &m,
+                        &counters[counters.len() - 1],
                         self.kernel,
+                        &self.output,
                         act_last.rows(1),
-                        share_tiles(&m, &self.output),
                         logits_out.ptr(),
                         c.vocab,
                         Write::Store,
@@ -750,9 +758,35 @@ impl Model {
     }
 }
 
-/// This thread's tiles of `matrix`.
-fn share_tiles(m: &Member, matrix: &Matrix) -> std::ops::Range<usize> {
-    m.share(matrix.tiles())
+/// `out (=|+=) matrix · x` by the team: each thread claims the next run of tiles from
+/// `counter` as it becomes free, so a thread slowed down (another process on its core) takes
+/// fewer instead of holding the others at the barrier. Every row is computed by one thread,
+/// so the results do not depend on who computed what.
+///
+/// # Safety
+/// As [`Matrix::multiply_raw`], for every row of `matrix`, and `counter` starts at 0 and
+/// serves this product only.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    m: &Member,
+    counter: &AtomicUsize,
+    kernel: Kernel,
+    matrix: &Matrix,
+    x: Rows,
+    out: *mut f32,
+    ld: usize,
+    write: Write,
+) {
+    let tiles = matrix.tiles();
+    let run = (tiles / (8 * m.threads)).max(1);
+    loop {
+        let start = counter.fetch_add(run, Ordering::Relaxed);
+        if start >= tiles {
+            break;
+        }
+        // SAFETY: tiles are claimed once each; the caller's promise covers the rest.
+        unsafe { matrix.multiply_raw(kernel, x, start..(start + run).min(tiles), out, ld, write) };
+    }
 }
 
 /// Quantized activations several threads write a row (or a block) each of.
@@ -821,38 +855,80 @@ impl SharedActivations {
     }
 }
 
-/// `out = x / rms(x) × weight`, the sum of squares in f64 (as ggml).
-fn rms_norm(x: &[f32], weight: &[f32], epsilon: f32, out: &mut [f32]) {
+/// `1 / rms(x)`, the sum of squares in f64 (as ggml).
+fn rms_scale(x: &[f32], epsilon: f32) -> f32 {
     let sum: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
     let mean = (sum / x.len() as f64) as f32;
-    let scale = 1.0 / (mean + epsilon).sqrt();
-    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
-        *o = v * scale * w;
+    1.0 / (mean + epsilon).sqrt()
+}
+
+/// RMS norm times `weight` of each of the `n` rows of `x`, quantized into `out`, the blocks
+/// shared out between the threads (each works out the scale of the rows it has blocks of).
+///
+/// # Safety
+/// As [`SharedActivations::set_block`] for this thread's share of the `n × blocks` blocks.
+unsafe fn norm_blocks(
+    m: &Member,
+    x: &[f32],
+    weight: &[f32],
+    epsilon: f32,
+    n: usize,
+    out: SharedActivations,
+) {
+    let cols = weight.len();
+    let blocks = cols / BLOCK;
+    let mut row_scale = (usize::MAX, 0.0f32);
+    let mut values = [0.0f32; BLOCK];
+    for item in m.share(n * blocks) {
+        let (t, b) = (item / blocks, item % blocks);
+        let row = &x[t * cols..(t + 1) * cols];
+        if row_scale.0 != t {
+            row_scale = (t, rms_scale(row, epsilon));
+        }
+        let at = b * BLOCK;
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = row[at + i] * row_scale.1 * weight[at + i];
+        }
+        // SAFETY: the caller's promise.
+        unsafe { out.set_block(t, b, &values) };
     }
 }
 
-/// Rotary position embedding of every Q and K head in `qk` (Q heads then K heads) at `pos`.
-fn rope(c: &Config, qk: &mut [f32], pos: usize) {
-    let hd = c.head_dim;
-    let half = hd / 2;
-    let theta_scale = c.rope_base.powf(-2.0 / hd as f32);
+/// The cosines and sines of the rotary embedding at `pos`, one pair per two values of a head.
+fn rotation(c: &Config, pos: usize) -> Vec<(f32, f32)> {
+    let theta_scale = c.rope_base.powf(-2.0 / c.head_dim as f32);
     let mut theta = pos as f32;
-    let mut cos_sin = [(0.0f32, 0.0f32); 256];
-    let cos_sin = &mut cos_sin[..half.min(256)];
-    for cs in cos_sin.iter_mut() {
-        *cs = (theta.cos(), theta.sin());
-        theta *= theta_scale;
+    (0..c.head_dim / 2)
+        .map(|_| {
+            let pair = (theta.cos(), theta.sin());
+            theta *= theta_scale;
+            pair
+        })
+        .collect()
+}
+
+/// Rotates one head: the two halves against each other (Qwen2, NeoX style) or adjacent pairs
+/// (Llama).
+fn rotate(architecture: Architecture, head: &mut [f32], angles: &[(f32, f32)]) {
+    let half = head.len() / 2;
+    for (i, &(cos, sin)) in angles.iter().enumerate() {
+        let (a, b) = match architecture {
+            Architecture::Qwen2 => (i, i + half),
+            Architecture::Llama => (2 * i, 2 * i + 1),
+        };
+        let (x0, x1) = (head[a], head[b]);
+        head[a] = x0 * cos - x1 * sin;
+        head[b] = x0 * sin + x1 * cos;
     }
-    for head in qk.chunks_exact_mut(hd) {
-        for (i, &(cos, sin)) in cos_sin.iter().enumerate() {
-            let (a, b) = match c.architecture {
-                Architecture::Qwen2 => (i, i + half),
-                Architecture::Llama => (2 * i, 2 * i + 1),
-            };
-            let (x0, x1) = (head[a], head[b]);
-            head[a] = x0 * cos - x1 * sin;
-            head[b] = x0 * sin + x1 * cos;
-        }
+}
+
+/// Adds the bias values from `at` on, if the model has biases.
+fn add_bias(values: &mut [f32], bias: Option<&[f32]>, at: usize) {
+    if let Some(bias) = bias {
+        values
+            .iter_mut()
+            .zip(&bias[at..])
+            .for_each(|(v, b)| *v += b);
     }
 }
 
