@@ -577,15 +577,7 @@ fn decode_rows(
         dtype => {
             let n = range.len();
             let bytes = &part.bytes[range.start * part.row_bytes()..range.end * part.row_bytes()];
-            let decode = |e| Error::Decode {
-                name: part.name.to_string(),
-                source: e,
-            };
-            let values = ggml_file::qtensor_from_ggml(dtype, bytes, vec![n, cols], &Device::Cpu)
-                .and_then(|t| t.dequantize(&Device::Cpu))
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(decode)?;
+            let values = dequantize(part.name, dtype, bytes, n * cols)?;
             for (i, row) in values.chunks_exact(cols).enumerate() {
                 if let Some(bad) = row.iter().find(|v| !v.is_finite()) {
                     return Err(part.fail(format!("row {} holds {bad}", range.start + i)));
@@ -599,6 +591,22 @@ fn decode_rows(
             Ok(())
         }
     }
+}
+
+/// `len` values of a GGUF tensor's blocks, decoded to f32 by candle's decoders.
+pub(crate) fn dequantize(
+    name: &str,
+    dtype: GgmlDType,
+    bytes: &[u8],
+    len: usize,
+) -> Result<Vec<f32>> {
+    ggml_file::qtensor_from_ggml(dtype, bytes, vec![len], &Device::Cpu)
+        .and_then(|t| t.dequantize(&Device::Cpu))
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|source| Error::Decode {
+            name: name.to_string(),
+            source,
+        })
 }
 
 /// Int8 codes of one block of weights: f16 scale = largest magnitude / 127, codes rounded
@@ -768,12 +776,7 @@ pub(crate) mod tests {
         }
         let m = Matrix::pack(&[stored("k", GgmlDType::Q4K, rows, cols, &bytes)]).unwrap();
         assert_eq!(m.format(), Format::Int4Affine);
-        let want =
-            ggml_file::qtensor_from_ggml(GgmlDType::Q4K, &bytes, vec![rows, cols], &Device::Cpu)
-                .and_then(|t| t.dequantize(&Device::Cpu))
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f32>())
-                .unwrap();
+        let want = dequantize("k", GgmlDType::Q4K, &bytes, rows * cols).unwrap();
         let mut row = vec![0.0; cols];
         for r in 0..rows {
             m.row(r, &mut row);

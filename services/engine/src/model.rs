@@ -28,13 +28,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{GgmlDType, ggml_file};
 
 use crate::activations::{Activations, Rows, quantize};
 use crate::error::{Error, Result};
-use crate::matrix::{BLOCK, Kernel, Matrix, Stored, Write};
+use crate::matrix::{BLOCK, Kernel, Matrix, Stored, Write, dequantize};
 use crate::team::{self, Member, Shared};
 
 /// Most prompt tokens computed in one pass.
@@ -291,7 +290,7 @@ impl Reader<'_> {
                 problem: format!("{} values, expected {len}", rows * cols),
             });
         }
-        let values = decode(name, dtype, &bytes, len)?;
+        let values = dequantize(name, dtype, &bytes, len)?;
         if values.iter().any(|v| !v.is_finite()) {
             return Err(Error::Tensor {
                 name: name.to_string(),
@@ -329,21 +328,9 @@ impl Reader<'_> {
     }
 }
 
-/// `len` values of a GGUF tensor, decoded to f32.
-fn decode(name: &str, dtype: GgmlDType, bytes: &[u8], len: usize) -> Result<Vec<f32>> {
-    ggml_file::qtensor_from_ggml(dtype, bytes, vec![len], &Device::Cpu)
-        .and_then(|t| t.dequantize(&Device::Cpu))
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(|source| Error::Decode {
-            name: name.to_string(),
-            source,
-        })
-}
-
 impl Model {
     /// Loads a GGUF chat model and repacks its weights for `kernel` (see [`Kernel::detect`]).
     pub fn load(path: &Path, kernel: Kernel) -> Result<Model> {
-        let started = Instant::now();
         let io = |e| Error::Io {
             path: path.to_path_buf(),
             source: e,
@@ -353,6 +340,13 @@ impl Model {
             path: path.to_path_buf(),
             source,
         })?;
+        Model::read(file, content, path, kernel)
+    }
+
+    /// [`Model::load`] from a file whose directory the caller has read already (`path` names
+    /// it in errors).
+    pub fn read(file: File, content: Content, path: &Path, kernel: Kernel) -> Result<Model> {
+        let started = Instant::now();
         let mut config = Config::from_metadata(&content.metadata)?;
         let mut r = Reader {
             file,
@@ -469,7 +463,7 @@ impl Model {
             Embedding::Table { dtype, bytes } => {
                 let e = self.config.embedding;
                 let row_bytes = e / dtype.block_size() * dtype.type_size();
-                let row = decode(
+                let row = dequantize(
                     "token_embd.weight",
                     *dtype,
                     &bytes[t * row_bytes..(t + 1) * row_bytes],

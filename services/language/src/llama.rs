@@ -66,7 +66,7 @@ use llama_cpp_2::token::LlamaToken;
 use crate::chat::{ChatTemplate, Message};
 use crate::error::{Error, Result};
 use crate::llm::{
-    ChatModel, GenerateOptions, Generation, LlmInfo, StopReason, argmax, token_budget,
+    ChatModel, GenerateOptions, Generation, LlmInfo, Prefilled, argmax, decode_greedy, token_budget,
 };
 use crate::pool::{Cores, Pool, Slot};
 use crate::threads::configure_threads;
@@ -359,52 +359,21 @@ impl LlamaCpp {
         let started = Instant::now();
         let keep = forget_after(slot, keep);
         let mut batch = LlamaBatch::new(BATCH, 1);
-        let mut next = self.feed(slot, &mut batch, &prompt[keep..])?;
-        let prompt_ms = started.elapsed().as_secs_f64() * 1000.0;
-
-        let started = Instant::now();
-        let mut generated: Vec<u32> = Vec::with_capacity(budget);
-        let stop = loop {
-            generated.push(next);
-            if self.tokenizer.is_stop(next) {
-                break StopReason::EndOfTurn;
-            }
-            if generated.len() >= budget {
-                break if generated.len() == options.max_new_tokens {
-                    StopReason::MaxTokens
-                } else {
-                    StopReason::ContextFull
-                };
-            }
-            next = self.feed(slot, &mut batch, &[next])?;
+        let first = self.feed(slot, &mut batch, &prompt[keep..])?;
+        let prefilled = Prefilled {
+            prompt,
+            cached: keep,
+            first,
+            prompt_ms: started.elapsed().as_secs_f64() * 1000.0,
         };
-        let generate_ms = started.elapsed().as_secs_f64() * 1000.0;
-        drop(lease);
-
-        let content: &[u32] = match generated.last() {
-            Some(&last) if self.tokenizer.is_stop(last) => &generated[..generated.len() - 1],
-            _ => &generated,
-        };
-        let text = self.tokenizer.decode(content, true)?;
-        let generation = Generation {
-            text,
-            prompt_tokens: prompt.len(),
-            cached_prompt_tokens: keep,
-            generated_tokens: generated.len(),
-            prompt_ms,
-            generate_ms,
-            stop,
-        };
-        tracing::debug!(
-            prompt_tokens = generation.prompt_tokens,
-            cached_prompt_tokens = generation.cached_prompt_tokens,
-            generated_tokens = generation.generated_tokens,
-            prompt_tps = format!("{:.1}", generation.prompt_tokens_per_sec()),
-            generate_tps = format!("{:.1}", generation.generate_tokens_per_sec()),
-            stop = ?generation.stop,
-            "generated (llama.cpp)"
-        );
-        Ok(generation)
+        decode_greedy(
+            &self.tokenizer,
+            "llama.cpp",
+            prefilled,
+            budget,
+            options,
+            |token, _| self.feed(slot, &mut batch, &[token]),
+        )
     }
 
     /// Computes `tokens` after those already in the slot's KV cache, in batches, and returns

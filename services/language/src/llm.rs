@@ -267,6 +267,72 @@ pub(crate) fn token_budget(
     Ok(options.max_new_tokens.min(context - prompt.len()))
 }
 
+/// A call's prompt after the backend computed it: how many of its tokens came from the KV
+/// cache, how long computing the rest took, and the token its logits chose.
+pub(crate) struct Prefilled<'a> {
+    pub prompt: &'a [u32],
+    pub cached: usize,
+    pub prompt_ms: f64,
+    pub first: u32,
+}
+
+/// The single-token steps after the prompt, the same for every backend: `step(token, n)`
+/// computes `token`, the `n`-th generated one, and returns the arg-max of its logits.
+/// Generation stops on a stop token, after `options.max_new_tokens` or at `budget` (the end of
+/// the context window); the text is decoded without the stop token.
+pub(crate) fn decode_greedy(
+    tokenizer: &LlmTokenizer,
+    runtime: &str,
+    prefilled: Prefilled,
+    budget: usize,
+    options: &GenerateOptions,
+    mut step: impl FnMut(u32, usize) -> Result<u32>,
+) -> Result<Generation> {
+    let started = Instant::now();
+    let mut next = prefilled.first;
+    let mut generated: Vec<u32> = Vec::with_capacity(budget);
+    let stop = loop {
+        generated.push(next);
+        if tokenizer.is_stop(next) {
+            break StopReason::EndOfTurn;
+        }
+        if generated.len() >= budget {
+            break if generated.len() == options.max_new_tokens {
+                StopReason::MaxTokens
+            } else {
+                StopReason::ContextFull
+            };
+        }
+        next = step(next, generated.len())?;
+    };
+    let generate_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+    let content: &[u32] = match generated.last() {
+        Some(&last) if tokenizer.is_stop(last) => &generated[..generated.len() - 1],
+        _ => &generated,
+    };
+    let generation = Generation {
+        text: tokenizer.decode(content, true)?,
+        prompt_tokens: prefilled.prompt.len(),
+        cached_prompt_tokens: prefilled.cached,
+        generated_tokens: generated.len(),
+        prompt_ms: prefilled.prompt_ms,
+        generate_ms,
+        stop,
+    };
+    tracing::debug!(
+        runtime,
+        prompt_tokens = generation.prompt_tokens,
+        cached_prompt_tokens = generation.cached_prompt_tokens,
+        generated_tokens = generation.generated_tokens,
+        prompt_tps = format!("{:.1}", generation.prompt_tokens_per_sec()),
+        generate_tps = format!("{:.1}", generation.generate_tokens_per_sec()),
+        stop = ?generation.stop,
+        "generated"
+    );
+    Ok(generation)
+}
+
 /// Index of the largest logit (the first one on ties; NaN never wins).
 pub(crate) fn argmax(logits: &[f32]) -> Option<u32> {
     // Two passes the compiler vectorizes, instead of one with a branch per logit (a vocabulary
@@ -602,60 +668,29 @@ impl Llm {
         if budget == 0 {
             return Ok(Generation::nothing(prompt.len()));
         }
-        let mut generated: Vec<u32> = Vec::with_capacity(budget);
-
         let mut session = Session::start(&self.weights, &self.device);
         let started = Instant::now();
         let mut logits = Vec::new();
         for (pos, len) in prefill_pieces(prompt.len()) {
             logits = session.forward(&prompt[pos..pos + len], pos)?;
         }
-        let mut next = self.pick(&logits)?;
-        let prompt_ms = started.elapsed().as_secs_f64() * 1000.0;
-
-        let started = Instant::now();
-        let stop = loop {
-            generated.push(next);
-            if self.tokenizer.is_stop(next) {
-                break StopReason::EndOfTurn;
-            }
-            if generated.len() >= budget {
-                break if generated.len() == options.max_new_tokens {
-                    StopReason::MaxTokens
-                } else {
-                    StopReason::ContextFull
-                };
-            }
-            let pos = prompt.len() + generated.len() - 1;
-            logits = session.forward(&[next], pos)?;
-            next = self.pick(&logits)?;
+        let prefilled = Prefilled {
+            prompt,
+            cached: 0,
+            first: self.pick(&logits)?,
+            prompt_ms: started.elapsed().as_secs_f64() * 1000.0,
         };
-        let generate_ms = started.elapsed().as_secs_f64() * 1000.0;
-        drop(session);
-
-        let content: &[u32] = match generated.last() {
-            Some(&last) if self.tokenizer.is_stop(last) => &generated[..generated.len() - 1],
-            _ => &generated,
-        };
-        let text = self.tokenizer.decode(content, true)?;
-        let generation = Generation {
-            text,
-            prompt_tokens: prompt.len(),
-            cached_prompt_tokens: 0,
-            generated_tokens: generated.len(),
-            prompt_ms,
-            generate_ms,
-            stop,
-        };
-        tracing::debug!(
-            prompt_tokens = generation.prompt_tokens,
-            generated_tokens = generation.generated_tokens,
-            prompt_tps = format!("{:.1}", generation.prompt_tokens_per_sec()),
-            generate_tps = format!("{:.1}", generation.generate_tokens_per_sec()),
-            stop = ?generation.stop,
-            "generated"
-        );
-        Ok(generation)
+        decode_greedy(
+            &self.tokenizer,
+            "candle",
+            prefilled,
+            budget,
+            options,
+            |token, n| {
+                let logits = session.forward(&[token], prompt.len() + n - 1)?;
+                self.pick(&logits)
+            },
+        )
     }
 
     fn pick(&self, logits: &[f32]) -> Result<u32> {

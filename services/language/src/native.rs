@@ -22,7 +22,7 @@ use companion_engine::{Kernel, Model, Session};
 use crate::chat::{ChatTemplate, Message};
 use crate::error::{Error, Result};
 use crate::llm::{
-    ChatModel, GenerateOptions, Generation, LlmInfo, StopReason, argmax, token_budget,
+    ChatModel, GenerateOptions, Generation, LlmInfo, Prefilled, argmax, decode_greedy, token_budget,
 };
 use crate::pool::{Cores, Pool, Slot};
 use crate::threads::compute_threads;
@@ -111,10 +111,9 @@ impl Native {
             path: path.to_path_buf(),
             source,
         })?;
-        drop(file);
         let meta = ChatModel::from_gguf(&content, path)?;
-        drop(content);
-        let model = Model::load(path, Kernel::detect())?;
+        // The directory read once serves the tokenizer and the weights.
+        let model = Model::read(file, content, path, Kernel::detect())?;
         let config = model.config();
         if config.vocab < meta.tokenizer.vocab_size() {
             return Err(Error::InvalidInput(format!(
@@ -212,51 +211,21 @@ impl Native {
         slot.ctx.truncate(keep);
         let mut logits = Vec::new();
         let started = Instant::now();
-        let mut next = self.feed(slot, &prompt[keep..], &mut logits)?;
-        let prompt_ms = started.elapsed().as_secs_f64() * 1000.0;
-
-        let started = Instant::now();
-        let mut generated: Vec<u32> = Vec::with_capacity(budget);
-        let stop = loop {
-            generated.push(next);
-            if self.tokenizer.is_stop(next) {
-                break StopReason::EndOfTurn;
-            }
-            if generated.len() >= budget {
-                break if generated.len() == options.max_new_tokens {
-                    StopReason::MaxTokens
-                } else {
-                    StopReason::ContextFull
-                };
-            }
-            next = self.feed(slot, &[next], &mut logits)?;
+        let first = self.feed(slot, &prompt[keep..], &mut logits)?;
+        let prefilled = Prefilled {
+            prompt,
+            cached: keep,
+            first,
+            prompt_ms: started.elapsed().as_secs_f64() * 1000.0,
         };
-        let generate_ms = started.elapsed().as_secs_f64() * 1000.0;
-        drop(lease);
-
-        let content: &[u32] = match generated.last() {
-            Some(&last) if self.tokenizer.is_stop(last) => &generated[..generated.len() - 1],
-            _ => &generated,
-        };
-        let generation = Generation {
-            text: self.tokenizer.decode(content, true)?,
-            prompt_tokens: prompt.len(),
-            cached_prompt_tokens: keep,
-            generated_tokens: generated.len(),
-            prompt_ms,
-            generate_ms,
-            stop,
-        };
-        tracing::debug!(
-            prompt_tokens = generation.prompt_tokens,
-            cached_prompt_tokens = generation.cached_prompt_tokens,
-            generated_tokens = generation.generated_tokens,
-            prompt_tps = format!("{:.1}", generation.prompt_tokens_per_sec()),
-            generate_tps = format!("{:.1}", generation.generate_tokens_per_sec()),
-            stop = ?generation.stop,
-            "generated (engine)"
-        );
-        Ok(generation)
+        decode_greedy(
+            &self.tokenizer,
+            "engine",
+            prefilled,
+            budget,
+            options,
+            |token, _| self.feed(slot, &[token], &mut logits),
+        )
     }
 
     /// Computes `tokens` after the session's cached ones and returns the arg-max of the last
