@@ -242,10 +242,7 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
+        let pool = connect_sqlite(&options).await?;
         migrate_sqlite(&pool, &migrator).await?;
         debug!(url, backend = "sqlite", "store open");
         Ok(Store {
@@ -410,6 +407,37 @@ impl ResultColumns {
                 error_message: Some(error.message.clone()),
             },
         })
+    }
+}
+
+/// Whether SQLite refused for a lock another connection holds (SQLITE_BUSY, SQLITE_LOCKED and
+/// their extended codes).
+fn sqlite_busy(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+}
+
+/// Connects to an SQLite database. A connection's first statements (WAL mode on a new file)
+/// can meet another process's lock where SQLite does not wait out the busy timeout, and fail
+/// at once with "database is locked"; those are retried.
+async fn connect_sqlite(options: &SqliteConnectOptions) -> Result<SqlitePool, StoreError> {
+    let mut attempt = 0;
+    loop {
+        match SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone())
+            .await
+        {
+            Ok(pool) => return Ok(pool),
+            Err(e) if attempt < 5 && sqlite_busy(&e) => {
+                attempt += 1;
+                debug!(error = %e, attempt, "SQLite open met a lock; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
