@@ -1,6 +1,7 @@
 //! Activations quantized for the matrix kernels: per token and per block of [`BLOCK`] values,
-//! signed 8-bit codes, an f32 scale and the sum of the codes (which cancels the offset the
-//! weight codes are stored with; see [`crate::matrix`]).
+//! signed 8-bit codes, an f32 scale, the sum of the codes (which cancels the offset the weight
+//! codes are stored with; see [`crate::matrix`]) and the sum of its first half's codes (for
+//! weights with a scale per half block).
 
 use crate::matrix::BLOCK;
 
@@ -11,6 +12,7 @@ pub struct Activations {
     q: Vec<i8>,
     d: Vec<f32>,
     s: Vec<i32>,
+    h: Vec<i32>,
 }
 
 /// A read-only view of quantized rows: what the kernels take.
@@ -20,6 +22,7 @@ pub struct Rows<'a> {
     pub q: &'a [i8],
     pub d: &'a [f32],
     pub s: &'a [i32],
+    pub h: &'a [i32],
 }
 
 impl Rows<'_> {
@@ -39,6 +42,7 @@ impl Activations {
             q: vec![0; tokens * cols],
             d: vec![0.0; blocks],
             s: vec![0; blocks],
+            h: vec![0; blocks],
         }
     }
 
@@ -50,6 +54,7 @@ impl Activations {
             &mut self.q[token * cols..(token + 1) * cols],
             &mut self.d[token * nb..(token + 1) * nb],
             &mut self.s[token * nb..(token + 1) * nb],
+            &mut self.h[token * nb..(token + 1) * nb],
         );
     }
 
@@ -61,12 +66,13 @@ impl Activations {
             q: &self.q[..tokens * self.cols],
             d: &self.d[..tokens * nb],
             s: &self.s[..tokens * nb],
+            h: &self.h[..tokens * nb],
         }
     }
 
-    /// The three buffers, for writing rows from several threads (see `forward.rs`).
-    pub(crate) fn parts_mut(&mut self) -> (&mut [i8], &mut [f32], &mut [i32]) {
-        (&mut self.q, &mut self.d, &mut self.s)
+    /// The buffers, for writing rows from several threads (see `model.rs`).
+    pub(crate) fn parts_mut(&mut self) -> (&mut [i8], &mut [f32], &mut [i32], &mut [i32]) {
+        (&mut self.q, &mut self.d, &mut self.s, &mut self.h)
     }
 
     /// Values per row.
@@ -76,24 +82,33 @@ impl Activations {
 }
 
 /// Quantizes `x` block by block: scale = largest magnitude / 127, codes rounded to nearest
-/// (half away from zero), and each block's code sum.
-pub fn quantize(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
-    for (((x, q), d), s) in x
+/// (half away from zero), each block's code sum and its first half's.
+pub fn quantize(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [i32], h: &mut [i32]) {
+    for ((((x, q), d), s), h) in x
         .chunks_exact(BLOCK)
         .zip(q.chunks_exact_mut(BLOCK))
         .zip(d.iter_mut())
         .zip(s.iter_mut())
+        .zip(h.iter_mut())
     {
-        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        // Eight lanes, so the compiler keeps the largest magnitude in a vector register.
+        let mut lanes = [0.0f32; 8];
+        for part in x.chunks_exact(8) {
+            for (m, v) in lanes.iter_mut().zip(part) {
+                *m = m.max(v.abs());
+            }
+        }
+        let amax = lanes.iter().fold(0.0f32, |m, &v| m.max(v));
         let scale = amax / 127.0;
         let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        let mut sum = 0i32;
         for (q, &v) in q.iter_mut().zip(x) {
             // Finite input keeps |v · inverse| ≤ 127; NaN becomes 0 with `as`.
-            let code = (v * inverse).round().clamp(-127.0, 127.0) as i8;
-            *q = code;
-            sum += i32::from(code);
+            *q = (v * inverse).round().clamp(-127.0, 127.0) as i8;
         }
+        let sum_of = |codes: &[i8]| codes.iter().map(|&c| i32::from(c)).sum::<i32>();
+        let (first, second) = q.split_at(BLOCK / 2);
+        *h = sum_of(first);
+        let sum = *h + sum_of(second);
         *d = scale;
         *s = sum;
     }
@@ -117,6 +132,8 @@ mod tests {
             let codes = &rows.q[b * 32..(b + 1) * 32];
             assert!(codes.iter().any(|&c| c.abs() == 127));
             assert_eq!(rows.s[b], codes.iter().map(|&c| i32::from(c)).sum::<i32>());
+            let first_half = codes[..16].iter().map(|&c| i32::from(c)).sum::<i32>();
+            assert_eq!(rows.h[b], first_half);
             for (&c, &v) in codes.iter().zip(block) {
                 assert!((f32::from(c) * rows.d[b] - v).abs() <= rows.d[b] / 2.0 + 1e-6);
             }
@@ -129,6 +146,6 @@ mod tests {
         a.set(1, &[0.0; 32]);
         let rows = a.rows(2);
         assert!(rows.q[32..].iter().all(|&c| c == 0));
-        assert_eq!((rows.d[1], rows.s[1]), (0.0, 0));
+        assert_eq!((rows.d[1], rows.s[1], rows.h[1]), (0.0, 0, 0));
     }
 }

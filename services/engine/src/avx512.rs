@@ -4,9 +4,11 @@
 //! sum starts at `-offset × Σ x` and each 64-byte group of weight codes is multiplied with the
 //! token's four matching activation codes (one 32-bit broadcast) by `vpdpbusd`; the 16 sums
 //! then go to f32 and are added, times scale × activation scale, with one FMA. The loads of
-//! the weights are shared by up to four tokens (prompt processing). Int4 and Int5 unpack two
-//! nibbles per byte first, Int5 adding the fifth bits with a masked byte add; Int4Affine adds
-//! its terms times the activation sum with a second FMA.
+//! the weights are shared by up to four tokens (prompt processing). Int4, Int5 and Int6 unpack
+//! two nibbles per byte first, Int5 and Int6 adding the fifth (and sixth) bits with masked byte
+//! adds; Int4Affine adds its terms times the activation sum with a second FMA, Int6 the sums of
+//! its second half block times their own scales. The low and high nibbles (the first and second
+//! half of a block) go to two chains of sums, so no chain waits on more than four `vpdpbusd`.
 
 use std::arch::x86_64::*;
 
@@ -18,7 +20,7 @@ pub(crate) fn tile_product(format: Format, w: &[u8], x: Rows, out: &mut [[f32; T
     let blocks = x.cols / BLOCK;
     assert!(w.len() >= blocks * format.block_bytes());
     assert!(x.q.len() >= out.len() * x.cols && x.d.len() >= out.len() * blocks);
-    assert!(x.s.len() >= out.len() * blocks);
+    assert!(x.s.len() >= out.len() * blocks && x.h.len() >= out.len() * blocks);
     // SAFETY: `Kernel::Avx512Vnni` is only chosen when the CPU reports these features, and
     // the asserts above keep every load inside the slices.
     unsafe {
@@ -39,6 +41,10 @@ pub(crate) fn tile_product(format: Format, w: &[u8], x: Rows, out: &mut [[f32; T
             (Format::Int4Affine, 2) => tile::<2, AFFINE>(w, x, out),
             (Format::Int4Affine, 3) => tile::<3, AFFINE>(w, x, out),
             (Format::Int4Affine, _) => tile::<4, AFFINE>(w, x, out),
+            (Format::Int6, 1) => tile::<1, INT6>(w, x, out),
+            (Format::Int6, 2) => tile::<2, INT6>(w, x, out),
+            (Format::Int6, 3) => tile::<3, INT6>(w, x, out),
+            (Format::Int6, _) => tile::<4, INT6>(w, x, out),
         }
     }
 }
@@ -47,6 +53,7 @@ const INT8: u8 = 0;
 const INT4: u8 = 1;
 const INT5: u8 = 2;
 const AFFINE: u8 = 3;
+const INT6: u8 = 4;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
@@ -54,26 +61,42 @@ unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[
         INT8 => Format::Int8,
         INT4 => Format::Int4,
         INT5 => Format::Int5,
+        INT6 => Format::Int6,
         _ => Format::Int4Affine,
     };
     let blocks = x.cols / BLOCK;
     let block_bytes = format.block_bytes();
     let offset = format.offset();
     let sixteen = _mm512_set1_epi8(16);
+    let thirty_two = _mm512_set1_epi8(32);
     let nibble = _mm512_set1_epi8(15);
     let mut acc = [_mm512_setzero_ps(); N];
     let w = w.as_ptr();
     let q = x.q.as_ptr();
     for b in 0..blocks {
         // SAFETY (whole loop): offsets stay below `blocks * block_bytes` in `w` and below
-        // `N * cols` in `x.q`, `N * blocks` in `x.d` and `x.s` (asserted by the caller).
+        // `N * cols` in `x.q`, `N * blocks` in `x.d`, `x.s` and `x.h` (asserted by the caller).
         unsafe {
             let block = w.add(b * block_bytes);
             let scales = _mm512_cvtph_ps(_mm256_loadu_si256(block as *const __m256i));
             let codes = block.add(format.header());
+            // Two chains of sums per token (even and odd groups, or low and high nibbles),
+            // added at the end: one chain of eight dependent `vpdpbusd` a block would bound a
+            // single token's product by their latency rather than by memory.
             let mut sums = [_mm512_setzero_si512(); N];
-            for (j, s) in sums.iter_mut().enumerate() {
-                *s = _mm512_set1_epi32(-offset * *x.s.get_unchecked(j * blocks + b));
+            let mut more = [_mm512_setzero_si512(); N];
+            for (j, (s, h)) in sums.iter_mut().zip(&mut more).enumerate() {
+                let (all, first) = (
+                    *x.s.get_unchecked(j * blocks + b),
+                    *x.h.get_unchecked(j * blocks + b),
+                );
+                if FORMAT == INT6 {
+                    // Each half has its own scales, so each chain its own offset.
+                    *s = _mm512_set1_epi32(-offset * first);
+                    *h = _mm512_set1_epi32(-offset * (all - first));
+                } else {
+                    *s = _mm512_set1_epi32(-offset * all);
+                }
             }
             // The activation codes of column group `g` of token `j`, broadcast.
             let group = |j: usize, g: usize| {
@@ -86,30 +109,51 @@ unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[
                     let v = _mm512_loadu_si512(codes.add(64 * g) as *const _);
                     let mut low = _mm512_and_si512(v, nibble);
                     let mut high = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
-                    if FORMAT == INT5 {
+                    if FORMAT == INT5 || FORMAT == INT6 {
                         // The fifth bits: 16 added where a mask bit is set.
                         let k_low = _cvtu64_mask64(masks.add(2 * g).read_unaligned());
                         let k_high = _cvtu64_mask64(masks.add(2 * g + 1).read_unaligned());
                         low = _mm512_mask_add_epi8(low, k_low, low, sixteen);
                         high = _mm512_mask_add_epi8(high, k_high, high, sixteen);
                     }
-                    for (j, s) in sums.iter_mut().enumerate() {
+                    if FORMAT == INT6 {
+                        // The sixth bits: 32.
+                        let k_low = _cvtu64_mask64(masks.add(8 + 2 * g).read_unaligned());
+                        let k_high = _cvtu64_mask64(masks.add(9 + 2 * g).read_unaligned());
+                        low = _mm512_mask_add_epi8(low, k_low, low, thirty_two);
+                        high = _mm512_mask_add_epi8(high, k_high, high, thirty_two);
+                    }
+                    for (j, (s, h)) in sums.iter_mut().zip(&mut more).enumerate() {
                         *s = _mm512_dpbusd_epi32(*s, low, group(j, g));
-                        *s = _mm512_dpbusd_epi32(*s, high, group(j, g + 4));
+                        *h = _mm512_dpbusd_epi32(*h, high, group(j, g + 4));
                     }
                 }
             } else {
-                for g in 0..8 {
+                for g in (0..8).step_by(2) {
                     let v = _mm512_loadu_si512(codes.add(64 * g) as *const _);
-                    for (j, s) in sums.iter_mut().enumerate() {
+                    let w = _mm512_loadu_si512(codes.add(64 * (g + 1)) as *const _);
+                    for (j, (s, h)) in sums.iter_mut().zip(&mut more).enumerate() {
                         *s = _mm512_dpbusd_epi32(*s, v, group(j, g));
+                        *h = _mm512_dpbusd_epi32(*h, w, group(j, g + 1));
                     }
                 }
             }
-            for (j, (a, s)) in acc.iter_mut().zip(&sums).enumerate() {
+            if FORMAT != INT6 {
+                for (s, h) in sums.iter_mut().zip(&more) {
+                    *s = _mm512_add_epi32(*s, *h);
+                }
+            }
+            for (j, ((a, s), h)) in acc.iter_mut().zip(&sums).zip(&more).enumerate() {
                 let d = *x.d.get_unchecked(j * blocks + b);
                 let scale = _mm512_mul_ps(scales, _mm512_set1_ps(d));
                 *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*s), scale, *a);
+                if FORMAT == INT6 {
+                    // The second half with its own scales.
+                    let seconds =
+                        _mm512_cvtph_ps(_mm256_loadu_si256(block.add(32) as *const __m256i));
+                    let scale = _mm512_mul_ps(seconds, _mm512_set1_ps(d));
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*h), scale, *a);
+                }
                 if FORMAT == AFFINE {
                     // The added terms times the block's activation sum.
                     let terms =

@@ -23,6 +23,10 @@
 //! * [`Format::Int4Affine`]: Int4 with a second f16 per row and block after the scales, a term
 //!   added to every value (`scale × (code − 8) + term`), multiplied by the block's activation
 //!   sum: Q4_K's sub-blocks (a 6-bit scale and minimum each) at 5 bits per weight.
+//! * [`Format::Int6`]: the Int4 nibbles of the values plus 32, the Int5 masks of their fifth
+//!   bits and eight more of their sixth; the scales are those of the first 16 columns (the low
+//!   nibbles) and a second f16 per row and block follows for the last 16: Q6_K's sub-blocks of
+//!   16 values at 7 bits per weight.
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes, hence the offsets: the weight codes are
 //! stored unsigned and the product of the offset with the activation codes, `offset × Σ x`,
@@ -31,10 +35,12 @@
 //! # From GGUF
 //!
 //! Q8_0, Q5_0 and Q4_0 blocks are copied code for code with their f16 scale, into the
-//! narrowest format that holds every part of the matrix (Int4 for Q4_0 only, Int5 for Q5_0 and
-//! Q4_0, else Int8): the engine computes with exactly the weights of the file. Q4_K keeps its
-//! codes, its sub-block scale and minimum multiplied out and rounded to f16 (Int4Affine). Every other type is decoded to f32 and
-//! quantized to Int8 by block (scale = largest magnitude / 127, rounded to f16).
+//! narrowest format that holds them (Int4 for Q4_0, Int5 for Q5_0, Int8): the engine computes
+//! with exactly the weights of the file. Q4_K keeps its codes, its sub-block scale and minimum
+//! multiplied out and rounded to f16 (Int4Affine). Every other type is decoded to f32 and
+//! quantized to Int8 by block (scale = largest magnitude / 127, rounded to f16). A matrix of
+//! stacked tensors keeps each tensor's format in a segment of whole tiles; tensors that share a
+//! tile share the format that holds both.
 
 use std::ops::Range;
 
@@ -65,6 +71,8 @@ pub enum Format {
     Int5,
     /// Signed 4-bit codes and an added term per row and block.
     Int4Affine,
+    /// Signed 6-bit codes and a scale per row and half block.
+    Int6,
 }
 
 impl Format {
@@ -76,13 +84,15 @@ impl Format {
                 Format::Int4 => TILE * BLOCK / 2,
                 Format::Int5 => TILE * BLOCK / 2 + TILE * BLOCK / 8,
                 Format::Int4Affine => SCALES + TILE * BLOCK / 2,
+                Format::Int6 => SCALES + TILE * BLOCK / 2 + TILE * BLOCK / 4,
             }
     }
 
-    /// Bytes before the codes: the scales, and the terms of Int4Affine.
+    /// Bytes before the codes: the scales, and the terms of Int4Affine or the second scales of
+    /// Int6.
     pub fn header(self) -> usize {
         match self {
-            Format::Int4Affine => 2 * SCALES,
+            Format::Int4Affine | Format::Int6 => 2 * SCALES,
             _ => SCALES,
         }
     }
@@ -93,6 +103,7 @@ impl Format {
             Format::Int8 => 128,
             Format::Int4 | Format::Int4Affine => 8,
             Format::Int5 => 16,
+            Format::Int6 => 32,
         }
     }
 }
@@ -175,27 +186,57 @@ impl Stored<'_> {
     }
 }
 
-/// A weight matrix in the tiled layout.
+/// A weight matrix in the tiled layout, in segments of whole tiles that may each have their
+/// own format (Q, K and V stacked when V has more bits than Q and K).
 #[derive(Clone)]
 pub struct Matrix {
-    format: Format,
     rows: usize,
     cols: usize,
+    segments: Vec<Segment>,
     data: Vec<u8>,
+}
+
+/// Tiles of one format: from `first` (a tile index) on, stored from byte `at` of the data.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    format: Format,
+    first: usize,
+    at: usize,
 }
 
 impl std::fmt::Debug for Matrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Matrix")
-            .field("format", &self.format)
             .field("rows", &self.rows)
             .field("cols", &self.cols)
+            .field("segments", &self.segments)
             .finish_non_exhaustive()
+    }
+}
+
+/// The format for the codes of every one of `parts`: Int4 for Q4_0 only, Int4Affine for Q4_K
+/// only, Int6 for Q6_K only, Int5 for Q5_0 and Q4_0, else Int8.
+fn format_for(parts: &[Stored]) -> Format {
+    if parts.iter().all(|p| p.dtype == GgmlDType::Q4_0) {
+        Format::Int4
+    } else if parts.iter().all(|p| p.dtype == GgmlDType::Q4K) {
+        Format::Int4Affine
+    } else if parts.iter().all(|p| p.dtype == GgmlDType::Q6K) {
+        Format::Int6
+    } else if parts
+        .iter()
+        .all(|p| matches!(p.dtype, GgmlDType::Q4_0 | GgmlDType::Q5_0))
+    {
+        Format::Int5
+    } else {
+        Format::Int8
     }
 }
 
 impl Matrix {
     /// Stacks `parts` (same column count) into one matrix, their rows one after the other.
+    /// A part starts a segment of its own format where it starts a tile and its format differs
+    /// from the segment before; otherwise it joins that segment, whose format then holds both.
     pub fn pack(parts: &[Stored]) -> Result<Matrix> {
         let first = parts
             .first()
@@ -218,23 +259,40 @@ impl Matrix {
                 )));
             }
         }
-        let format = if parts.iter().all(|p| p.dtype == GgmlDType::Q4_0) {
-            Format::Int4
-        } else if parts.iter().all(|p| p.dtype == GgmlDType::Q4K) {
-            Format::Int4Affine
-        } else if parts
-            .iter()
-            .all(|p| matches!(p.dtype, GgmlDType::Q4_0 | GgmlDType::Q5_0))
-        {
-            Format::Int5
-        } else {
-            Format::Int8
-        };
-        let rows: usize = parts.iter().map(|p| p.rows).sum();
+        // Which parts each segment holds.
+        let mut groups: Vec<Range<usize>> = Vec::new();
+        let mut rows = 0usize;
+        for (i, p) in parts.iter().enumerate() {
+            match groups.last_mut() {
+                Some(g)
+                    if !rows.is_multiple_of(TILE)
+                        || format_for(std::slice::from_ref(p)) == format_for(&parts[g.clone()]) =>
+                {
+                    g.end = i + 1
+                }
+                _ => groups.push(i..i + 1),
+            }
+            rows += p.rows;
+        }
         let blocks = cols / BLOCK;
-        let block_bytes = format.block_bytes();
-        let tiles = rows.div_ceil(TILE);
-        let mut data = vec![0u8; tiles * blocks * block_bytes];
+        let mut segments = Vec::with_capacity(groups.len());
+        let (mut tiles, mut bytes) = (0, 0);
+        for g in &groups {
+            let format = format_for(&parts[g.clone()]);
+            segments.push(Segment {
+                format,
+                first: tiles,
+                at: bytes,
+            });
+            let n = parts[g.clone()]
+                .iter()
+                .map(|p| p.rows)
+                .sum::<usize>()
+                .div_ceil(TILE);
+            tiles += n;
+            bytes += n * blocks * format.block_bytes();
+        }
+        let mut data = vec![0u8; bytes];
 
         // Which part, and which row of it, each matrix row comes from.
         let mut origin = Vec::with_capacity(rows);
@@ -243,11 +301,18 @@ impl Matrix {
         }
         let mut codes = vec![0i8; TILE * cols];
         let mut scales = vec![0u16; TILE * blocks];
-        let mut terms = vec![0u16; TILE * blocks];
-        for (tile, out) in data.chunks_exact_mut(blocks * block_bytes).enumerate() {
+        let mut seconds = vec![0u16; TILE * blocks];
+        let mut matrix = Matrix {
+            rows,
+            cols,
+            segments,
+            data: Vec::new(),
+        };
+        for tile in 0..tiles {
+            let (segment, range) = matrix.locate(tile);
             codes.fill(0);
             scales.fill(0);
-            terms.fill(0);
+            seconds.fill(0);
             let here = &origin[tile * TILE..((tile + 1) * TILE).min(rows)];
             let mut r = 0;
             while r < here.len() {
@@ -259,22 +324,35 @@ impl Matrix {
                     first_row..first_row + run,
                     &mut codes[r * cols..(r + run) * cols],
                     &mut scales[r * blocks..(r + run) * blocks],
-                    &mut terms[r * blocks..(r + run) * blocks],
+                    &mut seconds[r * blocks..(r + run) * blocks],
                 )?;
                 r += run;
             }
-            interleave(format, &codes, &scales, &terms, cols, out);
+            interleave(
+                segment.format,
+                &codes,
+                &scales,
+                &seconds,
+                cols,
+                &mut data[range],
+            );
         }
-        Ok(Matrix {
-            format,
-            rows,
-            cols,
-            data,
-        })
+        matrix.data = data;
+        Ok(matrix)
     }
 
-    pub fn format(&self) -> Format {
-        self.format
+    /// The segment of `tile`, and where its bytes are.
+    fn locate(&self, tile: usize) -> (Segment, Range<usize>) {
+        let i = self.segments.partition_point(|s| s.first <= tile) - 1;
+        let segment = self.segments[i];
+        let bytes = self.cols / BLOCK * segment.format.block_bytes();
+        let at = segment.at + (tile - segment.first) * bytes;
+        (segment, at..at + bytes)
+    }
+
+    /// The formats of the segments, in order.
+    pub fn formats(&self) -> Vec<Format> {
+        self.segments.iter().map(|s| s.format).collect()
     }
 
     pub fn rows(&self) -> usize {
@@ -294,25 +372,24 @@ impl Matrix {
         self.data.len()
     }
 
-    fn tile_bytes(&self) -> usize {
-        self.cols / BLOCK * self.format.block_bytes()
-    }
-
     /// Row `row` as f32 values (an embedding lookup from a tied output matrix).
     pub fn row(&self, row: usize, out: &mut [f32]) {
         let (tile, r) = (row / TILE, row % TILE);
-        let base = &self.data[tile * self.tile_bytes()..(tile + 1) * self.tile_bytes()];
-        for (b, block) in base.chunks_exact(self.format.block_bytes()).enumerate() {
-            let scale = f16::from_bits(u16::from_le_bytes([block[2 * r], block[2 * r + 1]]));
-            let scale = scale.to_f32();
-            let term = match self.format {
+        let (segment, bytes) = self.locate(tile);
+        let format = segment.format;
+        for (b, block) in self.data[bytes]
+            .chunks_exact(format.block_bytes())
+            .enumerate()
+        {
+            let term = match format {
                 Format::Int4Affine => half_at(block, SCALES + 2 * r),
                 _ => 0.0,
             };
             let values = &mut out[b * BLOCK..(b + 1) * BLOCK];
-            let codes = &block[self.format.header()..];
+            let codes = &block[format.header()..];
             for (c, v) in values.iter_mut().enumerate() {
-                *v = code(self.format, codes, r, c) as f32 * scale + term;
+                let scale = half_at(block, 2 * r + scale_at(format, c));
+                *v = code(format, codes, r, c) as f32 * scale + term;
             }
         }
     }
@@ -338,7 +415,8 @@ impl Matrix {
         let blocks = self.cols / BLOCK;
         let mut results = [[0.0f32; TILE]; TOKENS_PER_PASS];
         for tile in tiles {
-            let w = &self.data[tile * self.tile_bytes()..(tile + 1) * self.tile_bytes()];
+            let (segment, bytes) = self.locate(tile);
+            let w = &self.data[bytes];
             let valid = TILE.min(self.rows - tile * TILE);
             let mut t0 = 0;
             while t0 < tokens {
@@ -348,8 +426,9 @@ impl Matrix {
                     q: &x.q[t0 * x.cols..(t0 + n) * x.cols],
                     d: &x.d[t0 * blocks..(t0 + n) * blocks],
                     s: &x.s[t0 * blocks..(t0 + n) * blocks],
+                    h: &x.h[t0 * blocks..(t0 + n) * blocks],
                 };
-                tile_product(kernel, self.format, w, xs, &mut results[..n]);
+                tile_product(kernel, segment.format, w, xs, &mut results[..n]);
                 for (j, result) in results[..n].iter().enumerate() {
                     // SAFETY: the caller guarantees `out` covers rows `tile*TILE..+valid` of
                     // token `t0 + j` and that nobody else touches them.
@@ -390,6 +469,15 @@ fn half_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
 }
 
+/// Where the scales of column `c` of a block start: Int6 has its own for the last 16 columns.
+fn scale_at(format: Format, c: usize) -> usize {
+    if format == Format::Int6 && c >= BLOCK / 2 {
+        SCALES
+    } else {
+        0
+    }
+}
+
 /// The signed value of row `r`, column `c` of a block's codes.
 fn code(format: Format, codes: &[u8], r: usize, c: usize) -> i32 {
     match format {
@@ -404,6 +492,14 @@ fn code(format: Format, codes: &[u8], r: usize, c: usize) -> i32 {
             let (mask, bit) = (2 * ((c % 16) / 4) + c / 16, 4 * r + c % 4);
             let high = (codes[256 + 8 * mask + bit / 8] >> (bit % 8)) & 1;
             i32::from(nibble | (high << 4)) - 16
+        }
+        Format::Int6 => {
+            let byte = codes[((c % 16) / 4) * 64 + 4 * r + c % 4];
+            let nibble = if c < 16 { byte & 15 } else { byte >> 4 };
+            let (mask, bit) = (2 * ((c % 16) / 4) + c / 16, 4 * r + c % 4);
+            let fifth = (codes[256 + 8 * mask + bit / 8] >> (bit % 8)) & 1;
+            let sixth = (codes[320 + 8 * mask + bit / 8] >> (bit % 8)) & 1;
+            i32::from(nibble | (fifth << 4) | (sixth << 5)) - 32
         }
     }
 }
@@ -431,15 +527,30 @@ pub(crate) fn portable_tile_product(format: Format, w: &[u8], x: Rows, out: &mut
                 .take(blocks)
                 .enumerate()
             {
-                let scale = f16::from_bits(u16::from_le_bytes([block[2 * r], block[2 * r + 1]]));
                 let codes = &block[format.header()..];
                 let xq = &q[b * BLOCK..(b + 1) * BLOCK];
-                let (d, s) = (x.d[t * blocks + b], x.s[t * blocks + b]);
-                let mut sum = -offset * s;
+                let (d, s, h) = (
+                    x.d[t * blocks + b],
+                    x.s[t * blocks + b],
+                    x.h[t * blocks + b],
+                );
+                // The sums of the two halves of the block (the low and high nibbles).
+                let (mut first, mut second) = (-offset * h, -offset * (s - h));
                 for (c, &xv) in xq.iter().enumerate() {
-                    sum += (code(format, codes, r, c) + offset) * i32::from(xv);
+                    let product = (code(format, codes, r, c) + offset) * i32::from(xv);
+                    if c < BLOCK / 2 {
+                        first += product;
+                    } else {
+                        second += product;
+                    }
                 }
-                acc = (sum as f32).mul_add(scale.to_f32() * d, acc);
+                if format == Format::Int6 {
+                    acc = (first as f32).mul_add(half_at(block, 2 * r) * d, acc);
+                    acc = (second as f32).mul_add(half_at(block, SCALES + 2 * r) * d, acc);
+                } else {
+                    let sum = first + second;
+                    acc = (sum as f32).mul_add(half_at(block, 2 * r) * d, acc);
+                }
                 if format == Format::Int4Affine {
                     acc = half_at(block, SCALES + 2 * r).mul_add(d * s as f32, acc);
                 }
@@ -449,13 +560,14 @@ pub(crate) fn portable_tile_product(format: Format, w: &[u8], x: Rows, out: &mut
     }
 }
 
-/// Writes one tile's decoded rows (`codes`: signed values, row-major; `scales` and `terms`: f16
-/// bits per row and block) into the tiled layout.
+/// Writes one tile's decoded rows (`codes`: signed values, row-major; `scales` and `seconds`:
+/// f16 bits per row and block, `seconds` the terms of Int4Affine or the scales of the second
+/// half block of Int6) into the tiled layout.
 fn interleave(
     format: Format,
     codes: &[i8],
     scales: &[u16],
-    terms: &[u16],
+    seconds: &[u16],
     cols: usize,
     out: &mut [u8],
 ) {
@@ -463,9 +575,9 @@ fn interleave(
     for (b, block) in out.chunks_exact_mut(format.block_bytes()).enumerate() {
         for r in 0..TILE {
             block[2 * r..2 * r + 2].copy_from_slice(&scales[r * blocks + b].to_le_bytes());
-            if format == Format::Int4Affine {
+            if format.header() == 2 * SCALES {
                 let at = SCALES + 2 * r;
-                block[at..at + 2].copy_from_slice(&terms[r * blocks + b].to_le_bytes());
+                block[at..at + 2].copy_from_slice(&seconds[r * blocks + b].to_le_bytes());
             }
         }
         let dst = &mut block[format.header()..];
@@ -477,17 +589,20 @@ fn interleave(
                         dst[(c / 4) * 64 + 4 * r + c % 4] = (i32::from(v) + 128) as u8;
                     }
                 }
-                Format::Int4 | Format::Int5 | Format::Int4Affine => {
+                Format::Int4 | Format::Int5 | Format::Int4Affine | Format::Int6 => {
                     let offset = format.offset();
                     for c in 0..16 {
                         let low = (i32::from(row[c]) + offset) as u8;
                         let high = (i32::from(row[c + 16]) + offset) as u8;
                         let at = (c / 4) * 64 + 4 * r + c % 4;
                         dst[at] = (low & 15) | ((high & 15) << 4);
-                        if format == Format::Int5 {
-                            let bit = 4 * r + c % 4;
-                            for (mask, code) in [(2 * (c / 4), low), (2 * (c / 4) + 1, high)] {
+                        let bit = 4 * r + c % 4;
+                        for (mask, code) in [(2 * (c / 4), low), (2 * (c / 4) + 1, high)] {
+                            if matches!(format, Format::Int5 | Format::Int6) {
                                 dst[256 + 8 * mask + bit / 8] |= ((code >> 4) & 1) << (bit % 8);
+                            }
+                            if format == Format::Int6 {
+                                dst[320 + 8 * mask + bit / 8] |= ((code >> 5) & 1) << (bit % 8);
                             }
                         }
                     }
@@ -497,13 +612,14 @@ fn interleave(
     }
 }
 
-/// Decodes rows `range` of `part` into signed codes, f16 scales and (Q4_K) f16 added terms.
+/// Decodes rows `range` of `part` into signed codes, f16 scales and the `seconds` of
+/// [`interleave`] (Q4_K, Q6_K).
 fn decode_rows(
     part: &Stored,
     range: Range<usize>,
     codes: &mut [i8],
     scales: &mut [u16],
-    terms: &mut [u16],
+    seconds: &mut [u16],
 ) -> Result<()> {
     let cols = part.cols;
     let blocks = cols / BLOCK;
@@ -563,11 +679,38 @@ fn decode_rows(
                         let scale = f16::from_f32(d * f32::from(sc));
                         let term = 8.0 * scale.to_f32() - dmin * f32::from(m);
                         scales[i * blocks + b] = scale.to_bits();
-                        terms[i * blocks + b] = f16::from_f32(term).to_bits();
+                        seconds[i * blocks + b] = f16::from_f32(term).to_bits();
                         let quants = &blk[16 + 32 * (j / 2)..16 + 32 * (j / 2) + 32];
                         let dst = &mut codes[i * cols + b * BLOCK..i * cols + (b + 1) * BLOCK];
                         for (d, &q) in dst.iter_mut().zip(quants) {
                             *d = ((q >> (4 * (j % 2))) & 15) as i8 - 8;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        GgmlDType::Q6K => {
+            // A super-block of 256 values: 128 bytes of low nibbles, 64 of high bit pairs, 16
+            // int8 sub-block scales, f16 d. Value v (of 256) is in half n = v / 128, quarter
+            // k = v % 128 / 32 at l = v % 32: its low nibble in byte 64n + 32(k % 2) + l (low
+            // or high by k / 2), its high bits at 2k in byte 32n + l of the pairs, its scale
+            // d × scale[v / 16]. Value = scale × (code − 32).
+            for (i, r) in range.enumerate() {
+                for (sb, blk) in part.row(r).chunks_exact(210).enumerate() {
+                    let (low, pairs, sub) = (&blk[..128], &blk[128..192], &blk[192..208]);
+                    let d = f16::from_bits(half(&blk[208..210])).to_f32();
+                    for j in 0..8 {
+                        let b = sb * 8 + j;
+                        let scale = |s: usize| f16::from_f32(d * f32::from(sub[s] as i8)).to_bits();
+                        scales[i * blocks + b] = scale(2 * j);
+                        seconds[i * blocks + b] = scale(2 * j + 1);
+                        let (n, k) = (j / 4, j % 4);
+                        let dst = &mut codes[i * cols + b * BLOCK..i * cols + (b + 1) * BLOCK];
+                        for (l, d) in dst.iter_mut().enumerate() {
+                            let nibble = (low[64 * n + 32 * (k % 2) + l] >> (4 * (k / 2))) & 15;
+                            let bits = (pairs[32 * n + l] >> (2 * k)) & 3;
+                            *d = (nibble | (bits << 4)) as i8 - 32;
                         }
                     }
                 }
@@ -727,7 +870,7 @@ pub(crate) mod tests {
         ] {
             let (bytes, values) = blocks(dtype, 40, 96, 7);
             let m = Matrix::pack(&[stored("w", dtype, 40, 96, &bytes)]).unwrap();
-            assert_eq!(m.format(), format);
+            assert_eq!(m.formats(), [format]);
             assert_eq!((m.rows(), m.cols(), m.tiles()), (40, 96, 3));
             let mut row = vec![0.0; 96];
             for r in 0..40 {
@@ -738,20 +881,43 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn q4_0_with_q5_0_stacks_as_int5() {
+    fn parts_keep_their_formats_in_segments_of_whole_tiles() {
         let (a, va) = blocks(GgmlDType::Q5_0, 16, 64, 1);
         let (b, vb) = blocks(GgmlDType::Q4_0, 24, 64, 2);
+        let (c, vc) = blocks(GgmlDType::Q8_0, 16, 64, 3);
         let m = Matrix::pack(&[
             stored("a", GgmlDType::Q5_0, 16, 64, &a),
             stored("b", GgmlDType::Q4_0, 24, 64, &b),
+            stored("c", GgmlDType::Q8_0, 16, 64, &c),
         ])
         .unwrap();
-        assert_eq!((m.format(), m.rows()), (Format::Int5, 40));
+        // b ends inside a tile, so c joins its segment, in the format that holds both.
+        assert_eq!(m.formats(), [Format::Int5, Format::Int8]);
+        assert_eq!(m.rows(), 56);
+        let block = |f: Format| 2 * f.block_bytes();
+        assert_eq!(m.bytes(), block(Format::Int5) + 3 * block(Format::Int8));
         let mut row = vec![0.0; 64];
-        m.row(5, &mut row);
-        assert_eq!(row, va[5 * 64..6 * 64]);
-        m.row(39, &mut row);
-        assert_eq!(row, vb[23 * 64..24 * 64]);
+        for (r, want) in [(5, &va[5 * 64..]), (39, &vb[23 * 64..]), (40, &vc[..])] {
+            m.row(r, &mut row);
+            assert_eq!(row, want[..64], "row {r}");
+        }
+    }
+
+    #[test]
+    fn mixed_parts_within_a_tile_share_a_format() {
+        let (a, va) = blocks(GgmlDType::Q4_0, 8, 64, 1);
+        let (b, vb) = blocks(GgmlDType::Q8_0, 8, 64, 2);
+        let m = Matrix::pack(&[
+            stored("a", GgmlDType::Q4_0, 8, 64, &a),
+            stored("b", GgmlDType::Q8_0, 8, 64, &b),
+        ])
+        .unwrap();
+        assert_eq!((m.formats(), m.rows()), (vec![Format::Int8], 16));
+        let mut row = vec![0.0; 64];
+        m.row(3, &mut row);
+        assert_eq!(row, va[3 * 64..4 * 64]);
+        m.row(12, &mut row);
+        assert_eq!(row, vb[4 * 64..5 * 64]);
     }
 
     /// Q4_K against candle's own decoding of the same random blocks: the codes are kept, the
@@ -775,7 +941,7 @@ pub(crate) mod tests {
             bytes.extend((0..140).map(|_| rng.next() as u8));
         }
         let m = Matrix::pack(&[stored("k", GgmlDType::Q4K, rows, cols, &bytes)]).unwrap();
-        assert_eq!(m.format(), Format::Int4Affine);
+        assert_eq!(m.formats(), [Format::Int4Affine]);
         let want = dequantize("k", GgmlDType::Q4K, &bytes, rows * cols).unwrap();
         let mut row = vec![0.0; cols];
         for r in 0..rows {
@@ -812,21 +978,64 @@ pub(crate) mod tests {
         assert_eq!(fast, reference);
     }
 
+    /// Q6_K against candle's own decoding of the same random blocks: the codes are kept, the
+    /// scales of its 16-value sub-blocks multiplied out and rounded to f16; the product is the
+    /// dot product of those values, SIMD and portable alike.
     #[test]
-    fn mixed_parts_stack_as_int8() {
-        let (a, va) = blocks(GgmlDType::Q4_0, 16, 64, 1);
-        let (b, vb) = blocks(GgmlDType::Q8_0, 8, 64, 2);
-        let m = Matrix::pack(&[
-            stored("a", GgmlDType::Q4_0, 16, 64, &a),
-            stored("b", GgmlDType::Q8_0, 8, 64, &b),
-        ])
-        .unwrap();
-        assert_eq!((m.format(), m.rows()), (Format::Int8, 24));
-        let mut row = vec![0.0; 64];
-        m.row(3, &mut row);
-        assert_eq!(row, va[3 * 64..4 * 64]);
-        m.row(20, &mut row);
-        assert_eq!(row, vb[4 * 64..5 * 64]);
+    fn q6_k_keeps_its_codes_with_a_scale_per_half_block() {
+        let (rows, cols) = (32, 512);
+        let mut rng = Lcg(5);
+        let mut bytes = Vec::new();
+        for _ in 0..rows * cols / 256 {
+            bytes.extend((0..192).map(|_| rng.next() as u8));
+            bytes.extend((0..16).map(|_| (rng.next() % 255) as u8));
+            let d = f16::from_f32(0.0005 + (rng.next() % 100) as f32 * 1e-5);
+            bytes.extend(d.to_bits().to_le_bytes());
+        }
+        let m = Matrix::pack(&[stored("k", GgmlDType::Q6K, rows, cols, &bytes)]).unwrap();
+        assert_eq!(m.formats(), [Format::Int6]);
+        assert_eq!(m.bytes(), rows * cols * 7 / 8);
+        let want = dequantize("k", GgmlDType::Q6K, &bytes, rows * cols).unwrap();
+        let mut row = vec![0.0; cols];
+        let mut values = Vec::new();
+        for r in 0..rows {
+            m.row(r, &mut row);
+            for (c, (got, want)) in row.iter().zip(&want[r * cols..]).enumerate() {
+                assert!(
+                    (got - want).abs() <= 2e-3 * want.abs() + 1e-6,
+                    "r{r} c{c}: {got} vs {want}"
+                );
+            }
+            values.extend_from_slice(&row);
+        }
+        let tokens = 6;
+        let (a, _) = activations(tokens, cols, 8);
+        let x = a.rows(tokens);
+        let mut reference = vec![0.0; tokens * rows];
+        m.multiply(Kernel::Portable, x, &mut reference, Write::Store);
+        for t in 0..tokens {
+            for r in 0..rows {
+                let exact: f64 = (0..cols)
+                    .map(|c| {
+                        f64::from(values[r * cols + c])
+                            * f64::from(x.q[t * cols + c])
+                            * f64::from(x.d[(t * cols + c) / 32])
+                    })
+                    .sum();
+                let got = f64::from(reference[t * rows + r]);
+                assert!(
+                    (got - exact).abs() < 1e-4 * (1.0 + exact.abs()),
+                    "{got} vs {exact}"
+                );
+            }
+        }
+        for n in 1..=tokens {
+            let mut fast = vec![0.0; n * rows];
+            let mut portable = vec![0.0; n * rows];
+            m.multiply(Kernel::detect(), a.rows(n), &mut fast, Write::Store);
+            m.multiply(Kernel::Portable, a.rows(n), &mut portable, Write::Store);
+            assert_eq!(fast, portable, "{n} tokens");
+        }
     }
 
     #[test]
@@ -835,7 +1044,7 @@ pub(crate) mod tests {
         let values: Vec<f32> = (0..32 * 64).map(|_| rng.float()).collect();
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let m = Matrix::pack(&[stored("f", GgmlDType::F32, 32, 64, &bytes)]).unwrap();
-        assert_eq!(m.format(), Format::Int8);
+        assert_eq!(m.formats(), [Format::Int8]);
         let mut row = vec![0.0; 64];
         for r in 0..32 {
             m.row(r, &mut row);
@@ -902,10 +1111,31 @@ pub(crate) mod tests {
             eprintln!("this CPU has no SIMD kernel; nothing to compare");
             return;
         }
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q5_0, GgmlDType::Q4_0] {
-            let (rows, cols) = (40, 896);
-            let (bytes, _) = blocks(dtype, rows, cols, 21);
-            let m = Matrix::pack(&[stored("w", dtype, rows, cols, &bytes)]).unwrap();
+        let cols = 896;
+        let parts: Vec<_> = [GgmlDType::Q8_0, GgmlDType::Q5_0, GgmlDType::Q4_0]
+            .into_iter()
+            .map(|dtype| (dtype, blocks(dtype, 40, cols, 21).0))
+            .collect();
+        let mut matrices: Vec<Matrix> = parts
+            .iter()
+            .map(|(dtype, bytes)| Matrix::pack(&[stored("w", *dtype, 40, cols, bytes)]).unwrap())
+            .collect();
+        // All three in segments of their own, the last one ending in a partial tile.
+        let (q4, q5, q8) = (&parts[2], &parts[1], &parts[0]);
+        matrices.push(
+            Matrix::pack(&[
+                stored("a", q4.0, 32, cols, &q4.1[..32 * cols / 32 * 18]),
+                stored("b", q5.0, 16, cols, &q5.1[..16 * cols / 32 * 22]),
+                stored("c", q8.0, 40, cols, &q8.1),
+            ])
+            .unwrap(),
+        );
+        assert_eq!(
+            matrices[3].formats(),
+            [Format::Int4, Format::Int5, Format::Int8]
+        );
+        for m in &matrices {
+            let (rows, dtype) = (m.rows(), m.formats());
             for tokens in 1..=9 {
                 let (a, _) = activations(tokens, cols, tokens as u64);
                 let mut fast = vec![0.0; tokens * rows];

@@ -6,24 +6,26 @@
 //! after those in a [`Session`]'s KV cache. All threads of a [`team`](crate::team) run each
 //! layer's steps on their share of the work:
 //!
-//! 1. RMS norm and quantization of each token's activations (blocks of 32 values shared out);
-//! 2. Q, K and V in one product (one matrix of their stacked rows; tiles of 16 rows claimed by
-//!    the threads as they become free);
-//! 3. bias, rotary position embedding, and K and V into the cache (heads dealt out);
-//! 4. attention over the cache, each head's output quantized (token × head pairs dealt out);
-//! 5. output projection, added to the residual stream (tiles);
-//! 6. RMS norm and quantization (blocks);
-//! 7. gate and up in one product (tiles);
-//! 8. SiLU(gate) × up, quantized (blocks);
-//! 9. down projection, added to the residual stream (tiles);
+//! 1. RMS norm and quantization of each token's activations, by every thread for itself; then
+//!    Q, K and V in one product (one matrix of their stacked rows), handed out a head's rows at
+//!    a time to the threads as they become free, each finishing the heads it computed: bias,
+//!    rotary position embedding, K and V into the cache;
+//! 2. attention over the cache, each head's output quantized (token × head pairs dealt out);
+//! 3. output projection, added to the residual stream (tiles of 16 rows);
+//! 4. RMS norm and quantization by every thread; gate and up in one product, their rows
+//!    interleaved a block of 32 at a time, each block of SiLU(gate) × up computed and
+//!    quantized by the thread that computed its rows;
+//! 5. down projection, added to the residual stream (tiles);
 //!
-//! with a barrier between steps, and at the end the final norm and the output matrix for the
-//! last token only. The products read every weight once per pass; that is where the time of a
-//! generated token goes, and why their kernels are built to run at the speed of memory.
+//! with a barrier after each step (five a layer), and at the end the final norm and the output
+//! matrix for the last token only. The products read every weight once per pass; that is where
+//! the time of a generated token goes, and why their kernels are built to run at the speed of
+//! memory. Every step that does not read weights leaves the memory idle, hence few of them.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -33,7 +35,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 
 use crate::activations::{Activations, Rows, quantize};
 use crate::error::{Error, Result};
-use crate::matrix::{BLOCK, Kernel, Matrix, Stored, Write, dequantize};
+use crate::matrix::{BLOCK, Kernel, Matrix, Stored, TILE, Write, dequantize};
 use crate::team::{self, Member, Shared};
 
 /// Most prompt tokens computed in one pass.
@@ -132,6 +134,13 @@ impl Config {
                 problem: format!("{rope_dims} (the engine rotates whole heads of {head_dim})"),
             });
         }
+        let feed_forward = number("feed_forward_length")?;
+        if feed_forward == 0 || !feed_forward.is_multiple_of(BLOCK) {
+            return Err(Error::Metadata {
+                key: format!("{arch_name}.feed_forward_length"),
+                problem: format!("{feed_forward} (the engine needs a multiple of {BLOCK})"),
+            });
+        }
         Ok(Config {
             architecture,
             embedding,
@@ -139,7 +148,7 @@ impl Config {
             heads,
             kv_heads,
             head_dim,
-            feed_forward: number("feed_forward_length")?,
+            feed_forward,
             vocab: 0,
             context_length: number("context_length")?,
             rms_epsilon: float("attention.layer_norm_rms_epsilon", 1e-5)?,
@@ -159,7 +168,7 @@ struct Layer {
     qkv_bias: Option<Vec<f32>>,
     attn_output: Matrix,
     ffn_norm: Vec<f32>,
-    /// Gate and up stacked.
+    /// Gate and up, a block of rows of each in turn (see [`Model::pass`]).
     gate_up: Matrix,
     down: Matrix,
 }
@@ -302,17 +311,7 @@ impl Reader<'_> {
 
     /// The matrix of `names` stacked, each `rows[i] × cols`.
     fn matrix(&mut self, names: &[&str], rows: &[usize], cols: usize) -> Result<Matrix> {
-        let mut raw = Vec::with_capacity(names.len());
-        for (name, &want) in names.iter().zip(rows) {
-            let (dtype, shape, bytes) = self.raw(name)?;
-            if shape != (want, cols) {
-                return Err(Error::Tensor {
-                    name: name.to_string(),
-                    problem: format!("shape {shape:?}, expected ({want}, {cols})"),
-                });
-            }
-            raw.push((name, dtype, bytes));
-        }
+        let raw = self.parts(names, rows, cols)?;
         let parts: Vec<Stored> = raw
             .iter()
             .zip(rows)
@@ -325,6 +324,54 @@ impl Reader<'_> {
             })
             .collect();
         Matrix::pack(&parts)
+    }
+
+    /// The matrices of `names`, each `rows × cols`, with their rows interleaved `every` at a
+    /// time: `every` rows of the first, `every` of the second, …, then the next `every` of each.
+    fn interleaved(
+        &mut self,
+        names: &[&str],
+        rows: usize,
+        cols: usize,
+        every: usize,
+    ) -> Result<Matrix> {
+        let raw = self.parts(names, &vec![rows; names.len()], cols)?;
+        let mut parts = Vec::with_capacity(names.len() * rows.div_ceil(every));
+        for first in (0..rows).step_by(every) {
+            let take = every.min(rows - first);
+            for (name, dtype, bytes) in &raw {
+                let row_bytes = bytes.len() / rows;
+                parts.push(Stored {
+                    name,
+                    dtype: *dtype,
+                    rows: take,
+                    cols,
+                    bytes: &bytes[first * row_bytes..(first + take) * row_bytes],
+                });
+            }
+        }
+        Matrix::pack(&parts)
+    }
+
+    /// The raw bytes of each of `names`, checked to be `rows[i] × cols`.
+    fn parts<'n>(
+        &mut self,
+        names: &[&'n str],
+        rows: &[usize],
+        cols: usize,
+    ) -> Result<Vec<(&'n str, GgmlDType, Vec<u8>)>> {
+        let mut raw = Vec::with_capacity(names.len());
+        for (name, &want) in names.iter().zip(rows) {
+            let (dtype, shape, bytes) = self.raw(name)?;
+            if shape != (want, cols) {
+                return Err(Error::Tensor {
+                    name: name.to_string(),
+                    problem: format!("shape {shape:?}, expected ({want}, {cols})"),
+                });
+            }
+            raw.push((*name, dtype, bytes));
+        }
+        Ok(raw)
     }
 }
 
@@ -378,13 +425,14 @@ impl Model {
                 None
             };
             let gate_up = [n("ffn_gate.weight"), n("ffn_up.weight")];
+            let gate_up = [gate_up[0].as_str(), gate_up[1].as_str()];
             layers.push(Layer {
                 attn_norm: r.vector(&n("attn_norm.weight"), e)?,
                 qkv,
                 qkv_bias,
                 attn_output: r.matrix(&[&n("attn_output.weight")], &[e], e)?,
                 ffn_norm: r.vector(&n("ffn_norm.weight"), e)?,
-                gate_up: r.matrix(&[&gate_up[0], &gate_up[1]], &[ff, ff], e)?,
+                gate_up: r.interleaved(&gate_up, ff, e, BLOCK)?,
                 down: r.matrix(&[&n("ffn_down.weight")], &[e], ff)?,
             });
         }
@@ -531,9 +579,8 @@ impl Model {
         for cache in session.keys.iter_mut().chain(session.values.iter_mut()) {
             cache.resize((start + n) * kv, 0.0);
         }
-        let mut act_e = Activations::new(n, e);
+        let mut act_attn = Activations::new(n, e);
         let mut act_ff = Activations::new(n, ff);
-        let mut act_last = Activations::new(1, e);
         let mut qkv = vec![0.0f32; n * qkv_width];
         let mut gate_up = vec![0.0f32; n * 2 * ff];
         let mut no_logits = Vec::new();
@@ -547,14 +594,8 @@ impl Model {
         };
 
         let x = Shared::new(&mut x);
-        let act_e = parts(&mut act_e, e);
+        let act_attn = parts(&mut act_attn, e);
         let act_ff = parts(&mut act_ff, ff);
-        let act_last = parts(&mut act_last, e);
-        let act_attn = {
-            // The attention output is quantized into the same room as the norm's output: both
-            // are `n × e` and never live at once.
-            act_e
-        };
         let qkv = Shared::new(&mut qkv);
         let gate_up = Shared::new(&mut gate_up);
         let logits_out = Shared::new(logits);
@@ -567,64 +608,75 @@ impl Model {
         let scale = 1.0 / (hd as f32).sqrt();
         let rotations: Vec<(f32, f32)> = (0..n).flat_map(|t| rotation(c, start + t)).collect();
         let group = c.heads / c.kv_heads;
-        // One tile counter per product of the pass (four a layer and the output).
+        // One counter per product of the pass (four a layer and the output).
         let counters: Vec<AtomicUsize> =
             (0..4 * c.layers + 1).map(|_| AtomicUsize::new(0)).collect();
+        // The units the products hand out: a head's rows of Q, K and V, a block of gate rows
+        // with the same block of up rows (`gate_up` interleaves them), or a tile.
+        let head_tiles = hd / TILE;
+        let ffn_tiles = 2 * BLOCK / TILE;
 
         team::run(threads, |m: Member| {
-            let mut normed = vec![0.0f32; e];
+            // Each thread normalizes and quantizes every row for itself: a few microseconds
+            // that spare a barrier between the norm and the product.
+            let mut normed = Activations::new(n, e);
+            let mut row = vec![0.0f32; e];
             let mut head_out = vec![0.0f32; hd];
             let mut scores = Vec::new();
             let mut ffn_values = [0.0f32; BLOCK];
             for (l, (layer, (k_cache, v_cache))) in self.layers.iter().zip(&caches).enumerate() {
-                // 1. norm + quantize, by block
-                // SAFETY: x is read-only now; the blocks of act_e shared out are this thread's.
-                unsafe { norm_blocks(&m, x.all(), &layer.attn_norm, c.rms_epsilon, n, act_e) };
-                m.sync();
-                // 2. Q, K, V
-                // SAFETY: act_e is read-only in this step; each thread writes its own rows.
+                // 1. norm, then Q, K and V a head at a time, each head finished (bias, rotary
+                // embedding, K and V into the cache) by the thread that computed it
+                // SAFETY: x is read-only in this step.
+                norm_rows(
+                    unsafe { x.all() },
+                    &layer.attn_norm,
+                    c.rms_epsilon,
+                    &mut row,
+                    &mut normed,
+                );
+                let bias = layer.qkv_bias.as_deref();
+                // SAFETY: each head's rows of qkv and cache positions belong to the thread that
+                // claimed the head.
                 unsafe {
                     product(
                         &m,
                         &counters[4 * l],
                         self.kernel,
                         &layer.qkv,
-                        act_e.rows(n),
-                        qkv.ptr(),
-                        qkv_width,
-                        Write::Store,
+                        normed.rows(n),
+                        (qkv.ptr(), qkv_width, Write::Store),
+                        head_tiles,
+                        |heads| {
+                            for head in heads {
+                                let at = head * hd;
+                                for t in 0..n {
+                                    let angles = &rotations[t * hd / 2..(t + 1) * hd / 2];
+                                    let values =
+                                        qkv.part(t * qkv_width + at..t * qkv_width + at + hd);
+                                    add_bias(values, bias, at);
+                                    if head < c.heads + c.kv_heads {
+                                        rotate(c.architecture, values, angles);
+                                    }
+                                    let cached = (start + t) * kv;
+                                    if head >= c.heads + c.kv_heads {
+                                        let h = at - e - kv;
+                                        v_cache
+                                            .part(cached + h..cached + h + hd)
+                                            .copy_from_slice(values);
+                                    } else if head >= c.heads {
+                                        let h = at - e;
+                                        k_cache
+                                            .part(cached + h..cached + h + hd)
+                                            .copy_from_slice(values);
+                                    }
+                                }
+                            }
+                        },
                     );
                 }
                 m.sync();
-                // 3. bias, rotary embedding, cache, by head
-                for item in m.deal(n * (c.heads + c.kv_heads)) {
-                    let (t, head) = (item / (c.heads + c.kv_heads), item % (c.heads + c.kv_heads));
-                    let pos = start + t;
-                    let angles = &rotations[t * hd / 2..(t + 1) * hd / 2];
-                    let bias = layer.qkv_bias.as_deref();
-                    // SAFETY: this head's slices of token t's row and cache position are this
-                    // thread's.
-                    unsafe {
-                        let row = t * qkv_width;
-                        if head < c.heads {
-                            let q = row + head * hd..row + (head + 1) * hd;
-                            add_bias(qkv.part(q.clone()), bias, q.start - row);
-                            rotate(c.architecture, qkv.part(q), angles);
-                        } else {
-                            let h = head - c.heads;
-                            let k = row + e + h * hd..row + e + (h + 1) * hd;
-                            let v = row + e + kv + h * hd..row + e + kv + (h + 1) * hd;
-                            add_bias(qkv.part(k.clone()), bias, k.start - row);
-                            add_bias(qkv.part(v.clone()), bias, v.start - row);
-                            rotate(c.architecture, qkv.part(k.clone()), angles);
-                            let at = pos * kv + h * hd;
-                            k_cache.part(at..at + hd).copy_from_slice(qkv.part(k));
-                            v_cache.part(at..at + hd).copy_from_slice(qkv.part(v));
-                        }
-                    }
-                }
-                m.sync();
-                // 4. attention, each head's output quantized (heads are whole blocks)
+                // 2. attention, each head's output quantized (heads are whole blocks)
                 for item in m.deal(n * c.heads) {
                     let (t, h) = (item / c.heads, item % c.heads);
                     let pos = start + t;
@@ -652,8 +704,8 @@ impl Model {
                     }
                 }
                 m.sync();
-                // 5. output projection into the residual stream
-                // SAFETY: act_attn read-only; rows of x shared out.
+                // 3. output projection into the residual stream
+                // SAFETY: act_attn read-only; rows of x claimed by tile.
                 unsafe {
                     product(
                         &m,
@@ -661,49 +713,51 @@ impl Model {
                         self.kernel,
                         &layer.attn_output,
                         act_attn.rows(n),
-                        x.ptr(),
-                        e,
-                        Write::Add,
+                        (x.ptr(), e, Write::Add),
+                        1,
+                        |_| {},
                     );
                 }
                 m.sync();
-                // 6. norm + quantize, by block
-                // SAFETY: x is read-only now; the blocks of act_e shared out are this thread's.
-                unsafe { norm_blocks(&m, x.all(), &layer.ffn_norm, c.rms_epsilon, n, act_e) };
-                m.sync();
-                // 7. gate and up
-                // SAFETY: as in step 2.
+                // 4. norm, then gate and up a block at a time, each block's SiLU(gate) × up
+                // quantized by the thread that computed it
+                // SAFETY: x is read-only in this step.
+                norm_rows(
+                    unsafe { x.all() },
+                    &layer.ffn_norm,
+                    c.rms_epsilon,
+                    &mut row,
+                    &mut normed,
+                );
+                // SAFETY: each block's rows of gate_up and of act_ff belong to the thread that
+                // claimed the block.
                 unsafe {
                     product(
                         &m,
                         &counters[4 * l + 2],
                         self.kernel,
                         &layer.gate_up,
-                        act_e.rows(n),
-                        gate_up.ptr(),
-                        2 * ff,
-                        Write::Store,
+                        normed.rows(n),
+                        (gate_up.ptr(), 2 * ff, Write::Store),
+                        ffn_tiles,
+                        |blocks| {
+                            for b in blocks {
+                                for t in 0..n {
+                                    let at = t * 2 * ff + 2 * b * BLOCK;
+                                    let pair = gate_up.part(at..at + 2 * BLOCK);
+                                    let (gate, up) = pair.split_at(BLOCK);
+                                    for ((v, &g), &u) in ffn_values.iter_mut().zip(gate).zip(up) {
+                                        *v = g / (1.0 + (-g).exp()) * u;
+                                    }
+                                    act_ff.set_block(t, b, &ffn_values);
+                                }
+                            }
+                        },
                     );
                 }
                 m.sync();
-                // 8. SiLU(gate) × up, quantized by block
-                let blocks = ff / BLOCK;
-                for item in m.share(n * blocks) {
-                    let (t, b) = (item / blocks, item % blocks);
-                    // SAFETY: gate_up is read-only; block b of token t in act_ff is this
-                    // thread's.
-                    unsafe {
-                        let row = &gate_up.all()[t * 2 * ff..(t + 1) * 2 * ff];
-                        for (i, v) in ffn_values.iter_mut().enumerate() {
-                            let g = row[b * BLOCK + i];
-                            *v = g / (1.0 + (-g).exp()) * row[ff + b * BLOCK + i];
-                        }
-                        act_ff.set_block(t, b, &ffn_values);
-                    }
-                }
-                m.sync();
-                // 9. down projection into the residual stream
-                // SAFETY: as in step 5.
+                // 5. down projection into the residual stream
+                // SAFETY: as in step 3.
                 unsafe {
                     product(
                         &m,
@@ -711,37 +765,34 @@ impl Model {
                         self.kernel,
                         &layer.down,
                         act_ff.rows(n),
-                        x.ptr(),
-                        e,
-                        Write::Add,
+                        (x.ptr(), e, Write::Add),
+                        1,
+                        |_| {},
                     );
                 }
                 m.sync();
             }
             if want_logits {
-                if m.id == 0 {
-                    // SAFETY: only this thread runs here, before the barrier.
-                    unsafe {
-                        let row = &x.all()[(n - 1) * e..n * e];
-                        let inverse = rms_scale(row, c.rms_epsilon);
-                        for ((o, &v), &w) in normed.iter_mut().zip(row).zip(&self.output_norm) {
-                            *o = v * inverse * w;
-                        }
-                        act_last.set(0, &normed);
-                    }
-                }
-                m.sync();
-                // SAFETY: act_last read-only; rows of the logits shared out.
+                // SAFETY: x is read-only from here on.
+                let last = unsafe { &x.all()[(n - 1) * e..n * e] };
+                norm_rows(
+                    last,
+                    &self.output_norm,
+                    c.rms_epsilon,
+                    &mut row,
+                    &mut normed,
+                );
+                // SAFETY: rows of the logits claimed by tile.
                 unsafe {
                     product(
                         &m,
                         &counters[counters.len() - 1],
                         self.kernel,
                         &self.output,
-                        act_last.rows(1),
-                        logits_out.ptr(),
-                        c.vocab,
-                        Write::Store,
+                        normed.rows(1),
+                        (logits_out.ptr(), c.vocab, Write::Store),
+                        1,
+                        |_| {},
                     );
                 }
             }
@@ -752,14 +803,19 @@ impl Model {
     }
 }
 
-/// `out (=|+=) matrix · x` by the team: each thread claims the next run of tiles from
-/// `counter` as it becomes free, so a thread slowed down (another process on its core) takes
-/// fewer instead of holding the others at the barrier. Every row is computed by one thread,
-/// so the results do not depend on who computed what.
+/// Most weight bytes a thread claims at once (a few microseconds of reading).
+const CLAIM_BYTES: usize = 256 << 10;
+
+/// `out (=|+=) matrix · x` by the team, handed out in units of `unit` tiles: each thread
+/// claims the next run of units from `counter` as it becomes free, so a thread slowed down
+/// (another process on its core) takes fewer instead of holding the others at the barrier, and
+/// calls `done` with each run it computed, to finish those rows while they are in its cache.
+/// Every row is computed by one thread, so the results do not depend on who computed what.
 ///
 /// # Safety
-/// As [`Matrix::multiply_raw`], for every row of `matrix`, and `counter` starts at 0 and
-/// serves this product only.
+/// As [`Matrix::multiply_raw`] for `out` (pointer, row stride, write), for every row of
+/// `matrix`; `counter` starts at 0 and serves this product only; `done` may only touch what
+/// belongs to the units it is given.
 #[allow(clippy::too_many_arguments)]
 unsafe fn product(
     m: &Member,
@@ -767,19 +823,26 @@ unsafe fn product(
     kernel: Kernel,
     matrix: &Matrix,
     x: Rows,
-    out: *mut f32,
-    ld: usize,
-    write: Write,
+    (out, ld, write): (*mut f32, usize, Write),
+    unit: usize,
+    mut done: impl FnMut(Range<usize>),
 ) {
     let tiles = matrix.tiles();
-    let run = (tiles / (8 * m.threads)).max(1);
+    let units = tiles.div_ceil(unit);
+    // An eighth of a fair share, but no more than CLAIM_BYTES: the last claim of a large
+    // matrix (the output, 145 MB) would otherwise keep the other threads waiting for it.
+    let unit_bytes = matrix.bytes() / tiles * unit;
+    let run = (units / (8 * m.threads)).clamp(1, (CLAIM_BYTES / unit_bytes).max(1));
     loop {
-        let start = counter.fetch_add(run, Ordering::Relaxed);
-        if start >= tiles {
+        let first = counter.fetch_add(run, Ordering::Relaxed);
+        if first >= units {
             break;
         }
-        // SAFETY: tiles are claimed once each; the caller's promise covers the rest.
-        unsafe { matrix.multiply_raw(kernel, x, start..(start + run).min(tiles), out, ld, write) };
+        let claimed = first..(first + run).min(units);
+        let rows = claimed.start * unit..(claimed.end * unit).min(tiles);
+        // SAFETY: units are claimed once each; the caller's promise covers the rest.
+        unsafe { matrix.multiply_raw(kernel, x, rows, out, ld, write) };
+        done(claimed);
     }
 }
 
@@ -790,34 +853,21 @@ struct SharedActivations {
     q: Shared<i8>,
     d: Shared<f32>,
     s: Shared<i32>,
+    h: Shared<i32>,
 }
 
 fn parts(a: &mut Activations, cols: usize) -> SharedActivations {
-    let (q, d, s) = a.parts_mut();
+    let (q, d, s, h) = a.parts_mut();
     SharedActivations {
         cols,
         q: Shared::new(q),
         d: Shared::new(d),
         s: Shared::new(s),
+        h: Shared::new(h),
     }
 }
 
 impl SharedActivations {
-    /// # Safety
-    /// Row `t` must be this thread's until the next barrier.
-    unsafe fn set(&self, t: usize, x: &[f32]) {
-        let (cols, nb) = (self.cols, self.cols / BLOCK);
-        // SAFETY: the caller's promise.
-        unsafe {
-            quantize(
-                x,
-                self.q.part(t * cols..(t + 1) * cols),
-                self.d.part(t * nb..(t + 1) * nb),
-                self.s.part(t * nb..(t + 1) * nb),
-            )
-        }
-    }
-
     /// # Safety
     /// Block `b` of row `t` must be this thread's until the next barrier.
     unsafe fn set_block(&self, t: usize, b: usize, x: &[f32; BLOCK]) {
@@ -829,6 +879,7 @@ impl SharedActivations {
                 self.q.part(i * BLOCK..(i + 1) * BLOCK),
                 self.d.part(i..i + 1),
                 self.s.part(i..i + 1),
+                self.h.part(i..i + 1),
             )
         }
     }
@@ -844,6 +895,7 @@ impl SharedActivations {
                 q: &self.q.all()[..n * self.cols],
                 d: &self.d.all()[..n * nb],
                 s: &self.s.all()[..n * nb],
+                h: &self.h.all()[..n * nb],
             }
         }
     }
@@ -856,35 +908,14 @@ fn rms_scale(x: &[f32], epsilon: f32) -> f32 {
     1.0 / (mean + epsilon).sqrt()
 }
 
-/// RMS norm times `weight` of each of the `n` rows of `x`, quantized into `out`, the blocks
-/// shared out between the threads (each works out the scale of the rows it has blocks of).
-///
-/// # Safety
-/// As [`SharedActivations::set_block`] for this thread's share of the `n × blocks` blocks.
-unsafe fn norm_blocks(
-    m: &Member,
-    x: &[f32],
-    weight: &[f32],
-    epsilon: f32,
-    n: usize,
-    out: SharedActivations,
-) {
-    let cols = weight.len();
-    let blocks = cols / BLOCK;
-    let mut row_scale = (usize::MAX, 0.0f32);
-    let mut values = [0.0f32; BLOCK];
-    for item in m.share(n * blocks) {
-        let (t, b) = (item / blocks, item % blocks);
-        let row = &x[t * cols..(t + 1) * cols];
-        if row_scale.0 != t {
-            row_scale = (t, rms_scale(row, epsilon));
+/// RMS norm times `weight` of each row of `x`, quantized into `out` (`row`: room for one).
+fn norm_rows(x: &[f32], weight: &[f32], epsilon: f32, row: &mut [f32], out: &mut Activations) {
+    for (t, values) in x.chunks_exact(weight.len()).enumerate() {
+        let inverse = rms_scale(values, epsilon);
+        for ((o, &v), &w) in row.iter_mut().zip(values).zip(weight) {
+            *o = v * inverse * w;
         }
-        let at = b * BLOCK;
-        for (i, v) in values.iter_mut().enumerate() {
-            *v = row[at + i] * row_scale.1 * weight[at + i];
-        }
-        // SAFETY: the caller's promise.
-        unsafe { out.set_block(t, b, &values) };
+        out.set(t, row);
     }
 }
 

@@ -70,13 +70,6 @@ impl Member<'_> {
         self.barrier.wait();
     }
 
-    /// This thread's contiguous share of `n` items.
-    pub fn share(&self, n: usize) -> Range<usize> {
-        let start = n * self.id / self.threads;
-        let end = n * (self.id + 1) / self.threads;
-        start..end
-    }
-
     /// This thread's items of `n` dealt round-robin (for uneven items: attention heads of
     /// different lengths).
     pub fn deal(&self, n: usize) -> impl Iterator<Item = usize> + use<> {
@@ -190,23 +183,6 @@ mod tests {
         })
         .unwrap();
         assert!(data.iter().all(|&v| v == 50));
-    }
-
-    #[test]
-    fn shares_cover_every_item_once() {
-        let barrier = Barrier::new(3);
-        let mut seen = [0; 10];
-        for id in 0..3 {
-            let m = Member {
-                id,
-                threads: 3,
-                barrier: &barrier,
-            };
-            for i in m.share(10) {
-                seen[i] += 1;
-            }
-        }
-        assert!(seen.iter().all(|&n| n == 1));
     }
 
     #[test]
