@@ -350,6 +350,16 @@ impl Matrix {
         (segment, at..at + bytes)
     }
 
+    /// The stored bytes of `tiles` (one after the other in every segment).
+    pub fn tile_data(&self, tiles: Range<usize>) -> &[u8] {
+        if tiles.is_empty() {
+            return &[];
+        }
+        let (_, first) = self.locate(tiles.start);
+        let (_, last) = self.locate(tiles.end - 1);
+        &self.data[first.start..last.end]
+    }
+
     /// The formats of the segments, in order.
     pub fn formats(&self) -> Vec<Format> {
         self.segments.iter().map(|s| s.format).collect()

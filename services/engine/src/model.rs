@@ -20,7 +20,9 @@
 //! with a barrier after each step (five a layer), and at the end the final norm and the output
 //! matrix for the last token only. The products read every weight once per pass; that is where
 //! the time of a generated token goes, and why their kernels are built to run at the speed of
-//! memory. Every step that does not read weights leaves the memory idle, hence few of them.
+//! memory. Every step that does not read weights leaves the memory idle, hence few of them,
+//! and while a thread waits at a barrier or computes attention it prefetches the weights it
+//! will compute first in the next product (see `Plan` and `Ahead`).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -624,6 +626,7 @@ impl Model {
             let mut head_out = vec![0.0f32; hd];
             let mut scores = Vec::new();
             let mut ffn_values = [0.0f32; BLOCK];
+            let mut ahead = Ahead { bytes: &[] };
             for (l, (layer, (k_cache, v_cache))) in self.layers.iter().zip(&caches).enumerate() {
                 // 1. norm, then Q, K and V a head at a time, each head finished (bias, rotary
                 // embedding, K and V into the cache) by the thread that computed it
@@ -675,7 +678,8 @@ impl Model {
                         },
                     );
                 }
-                m.sync();
+                ahead.aim(&m, &layer.attn_output, 1);
+                m.sync_while(|| ahead.step());
                 // 2. attention, each head's output quantized (heads are whole blocks)
                 for item in m.deal(n * c.heads) {
                     let (t, h) = (item / c.heads, item % c.heads);
@@ -696,6 +700,9 @@ impl Model {
                         for (j, &p) in scores.iter().enumerate() {
                             let v = &values[j * kv + kvh * hd..j * kv + (kvh + 1) * hd];
                             axpy(p, v, &mut head_out);
+                            if j % 8 == 0 {
+                                ahead.step();
+                            }
                         }
                         for (i, block) in head_out.chunks_exact(BLOCK).enumerate() {
                             let block: &[f32; BLOCK] = block.try_into().expect("a whole block");
@@ -703,7 +710,7 @@ impl Model {
                         }
                     }
                 }
-                m.sync();
+                m.sync_while(|| ahead.step());
                 // 3. output projection into the residual stream
                 // SAFETY: act_attn read-only; rows of x claimed by tile.
                 unsafe {
@@ -718,7 +725,8 @@ impl Model {
                         |_| {},
                     );
                 }
-                m.sync();
+                ahead.aim(&m, &layer.gate_up, ffn_tiles);
+                m.sync_while(|| ahead.step());
                 // 4. norm, then gate and up a block at a time, each block's SiLU(gate) × up
                 // quantized by the thread that computed it
                 // SAFETY: x is read-only in this step.
@@ -755,7 +763,8 @@ impl Model {
                         },
                     );
                 }
-                m.sync();
+                ahead.aim(&m, &layer.down, 1);
+                m.sync_while(|| ahead.step());
                 // 5. down projection into the residual stream
                 // SAFETY: as in step 3.
                 unsafe {
@@ -770,7 +779,13 @@ impl Model {
                         |_| {},
                     );
                 }
-                m.sync();
+                // The next product: the next layer's Q, K and V, or the output.
+                match self.layers.get(l + 1) {
+                    Some(next) => ahead.aim(&m, &next.qkv, head_tiles),
+                    None if want_logits => ahead.aim(&m, &self.output, 1),
+                    None => {}
+                }
+                m.sync_while(|| ahead.step());
             }
             if want_logits {
                 // SAFETY: x is read-only from here on.
@@ -806,11 +821,54 @@ impl Model {
 /// Most weight bytes a thread claims at once (a few microseconds of reading).
 const CLAIM_BYTES: usize = 256 << 10;
 
-/// `out (=|+=) matrix · x` by the team, handed out in units of `unit` tiles: each thread
-/// claims the next run of units from `counter` as it becomes free, so a thread slowed down
-/// (another process on its core) takes fewer instead of holding the others at the barrier, and
-/// calls `done` with each run it computed, to finish those rows while they are in its cache.
-/// Every row is computed by one thread, so the results do not depend on who computed what.
+/// Most weight bytes of a product that are a thread's own, computed first: what it prefetches
+/// while waiting for the product (well within a core's L2 cache).
+const OWN_BYTES: usize = 256 << 10;
+
+/// How a product is handed out, in units of `unit` tiles: each thread first computes its own
+/// `own` units (thread `i` the `i`-th part), which it can prefetch before the product starts;
+/// then the threads claim runs of `run` units from a counter as they become free, so a thread
+/// slowed down (another process on its core) takes fewer instead of holding the others at the
+/// barrier.
+struct Plan {
+    unit: usize,
+    tiles: usize,
+    units: usize,
+    own: usize,
+    run: usize,
+}
+
+impl Plan {
+    fn new(matrix: &Matrix, unit: usize, threads: usize) -> Plan {
+        let tiles = matrix.tiles();
+        let units = tiles.div_ceil(unit);
+        let unit_bytes = (matrix.bytes() / tiles * unit).max(1);
+        // An eighth of a fair share, but no more than CLAIM_BYTES: the last claim of a large
+        // matrix (the output, 145 MB) would otherwise keep the other threads waiting for it.
+        let run = (units / (8 * threads)).clamp(1, (CLAIM_BYTES / unit_bytes).max(1));
+        let own = (units / threads).min(OWN_BYTES / unit_bytes);
+        Plan {
+            unit,
+            tiles,
+            units,
+            own,
+            run,
+        }
+    }
+
+    fn tiles(&self, units: Range<usize>) -> Range<usize> {
+        units.start * self.unit..(units.end * self.unit).min(self.tiles)
+    }
+
+    /// The own units of thread `id`.
+    fn own(&self, id: usize) -> Range<usize> {
+        id * self.own..(id + 1) * self.own
+    }
+}
+
+/// `out (=|+=) matrix · x` by the team, as [`Plan`] hands it out; each thread calls `done`
+/// with each run of units it computed, to finish those rows while they are in its cache. Every
+/// row is computed by one thread, so the results do not depend on who computed what.
 ///
 /// # Safety
 /// As [`Matrix::multiply_raw`] for `out` (pointer, row stride, write), for every row of
@@ -827,22 +885,51 @@ unsafe fn product(
     unit: usize,
     mut done: impl FnMut(Range<usize>),
 ) {
-    let tiles = matrix.tiles();
-    let units = tiles.div_ceil(unit);
-    // An eighth of a fair share, but no more than CLAIM_BYTES: the last claim of a large
-    // matrix (the output, 145 MB) would otherwise keep the other threads waiting for it.
-    let unit_bytes = matrix.bytes() / tiles * unit;
-    let run = (units / (8 * m.threads)).clamp(1, (CLAIM_BYTES / unit_bytes).max(1));
+    let plan = Plan::new(matrix, unit, m.threads);
+    let mut claimed = plan.own(m.id);
     loop {
-        let first = counter.fetch_add(run, Ordering::Relaxed);
-        if first >= units {
+        if !claimed.is_empty() {
+            // SAFETY: units are computed once each; the caller's promise covers the rest.
+            unsafe { matrix.multiply_raw(kernel, x, plan.tiles(claimed.clone()), out, ld, write) };
+            done(claimed);
+        }
+        let first = m.threads * plan.own + counter.fetch_add(plan.run, Ordering::Relaxed);
+        if first >= plan.units {
             break;
         }
-        let claimed = first..(first + run).min(units);
-        let rows = claimed.start * unit..(claimed.end * unit).min(tiles);
-        // SAFETY: units are claimed once each; the caller's promise covers the rest.
-        unsafe { matrix.multiply_raw(kernel, x, rows, out, ld, write) };
-        done(claimed);
+        claimed = first..(first + plan.run).min(plan.units);
+    }
+}
+
+/// The weights a thread computes first in its next product, prefetched into its cache a few
+/// lines at a time while it does not read weights (waiting at a barrier, attention): the memory
+/// would otherwise be idle then.
+struct Ahead<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Ahead<'a> {
+    /// Cache lines a step prefetches.
+    const LINES: usize = 16;
+
+    /// Prefetches the own units of this thread in `matrix`'s product (see [`Plan`]) from now on.
+    fn aim(&mut self, m: &Member, matrix: &'a Matrix, unit: usize) {
+        let plan = Plan::new(matrix, unit, m.threads);
+        self.bytes = matrix.tile_data(plan.tiles(plan.own(m.id)));
+    }
+
+    fn step(&mut self) {
+        let n = self.bytes.len().min(Self::LINES * 64);
+        #[cfg(target_arch = "x86_64")]
+        for line in self.bytes[..n].chunks(64) {
+            // SAFETY: prefetching is a hint that cannot fault, and SSE is part of x86-64.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                    line.as_ptr() as *const i8
+                )
+            };
+        }
+        self.bytes = &self.bytes[n..];
     }
 }
 
@@ -990,5 +1077,68 @@ fn softmax(v: &mut [f32]) {
     let inverse = (1.0 / sum) as f32;
     for x in v.iter_mut() {
         *x *= inverse;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::tests::blocks;
+
+    /// Every row computed once, whoever computes it: the team's product equals one thread's,
+    /// for teams of 1 to 3, units of 1 and 4 tiles, and a matrix with more than OWN_BYTES a
+    /// thread.
+    #[test]
+    fn the_team_computes_every_row_once() {
+        let (rows, cols) = (1000, 2048);
+        let (bytes, _) = blocks(GgmlDType::Q8_0, rows, cols, 3);
+        let matrix = Matrix::pack(&[Stored {
+            name: "w",
+            dtype: GgmlDType::Q8_0,
+            rows,
+            cols,
+            bytes: &bytes,
+        }])
+        .unwrap();
+        assert!(matrix.bytes() > 2 * OWN_BYTES);
+        let mut x = Activations::new(2, cols);
+        for t in 0..2 {
+            x.set(
+                t,
+                &(0..cols)
+                    .map(|c| ((c * (t + 3)) as f32).sin())
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let kernel = Kernel::detect();
+        let mut want = vec![0.0f32; 2 * rows];
+        matrix.multiply(kernel, x.rows(2), &mut want, Write::Store);
+        for threads in 1..=3 {
+            for unit in [1, 4] {
+                let mut out = vec![1.0f32; 2 * rows];
+                let shared = Shared::new(&mut out);
+                let counter = AtomicUsize::new(0);
+                let mut calls = vec![0usize; rows.div_ceil(TILE).div_ceil(unit)];
+                let done = Shared::new(&mut calls);
+                team::run(threads, |m| {
+                    // SAFETY: each unit is computed by one thread, which alone counts it.
+                    unsafe {
+                        product(
+                            &m,
+                            &counter,
+                            kernel,
+                            &matrix,
+                            x.rows(2),
+                            (shared.ptr(), rows, Write::Store),
+                            unit,
+                            |units| units.for_each(|u| done.part(u..u + 1)[0] += 1),
+                        )
+                    }
+                })
+                .unwrap();
+                assert_eq!(out, want, "{threads} threads, units of {unit}");
+                assert!(calls.iter().all(|&n| n == 1), "{calls:?}");
+            }
+        }
     }
 }

@@ -29,9 +29,9 @@ impl Barrier {
         }
     }
 
-    /// Waits until every thread has arrived. Everything written before by any thread is
-    /// visible after it to all.
-    pub fn wait(&self) {
+    /// Waits until every thread has arrived, calling `idle` while it spins. Everything written
+    /// before by any thread is visible after it to all.
+    pub fn wait(&self, mut idle: impl FnMut()) {
         if self.threads == 1 {
             return;
         }
@@ -46,6 +46,7 @@ impl Barrier {
             if self.poisoned.load(Ordering::Relaxed) {
                 panic!("another compute thread panicked");
             }
+            idle();
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(1 << 14) {
                 // More threads than free cores: let the late one run.
@@ -66,8 +67,9 @@ pub(crate) struct Member<'a> {
 }
 
 impl Member<'_> {
-    pub fn sync(&self) {
-        self.barrier.wait();
+    /// Waits for the other threads at the barrier, calling `idle` meanwhile.
+    pub fn sync_while(&self, idle: impl FnMut()) {
+        self.barrier.wait(idle);
     }
 
     /// This thread's items of `n` dealt round-robin (for uneven items: attention heads of
@@ -174,11 +176,11 @@ mod tests {
                     // SAFETY: dealt indices are disjoint between threads.
                     unsafe { shared.part(i..i + 1)[0] += 1 };
                 }
-                m.sync();
+                m.sync_while(|| {});
                 // SAFETY: nobody writes until the next barrier.
                 let all = unsafe { shared.all() };
                 assert!(all.iter().all(|&v| v == step), "a thread ran ahead");
-                m.sync();
+                m.sync_while(|| {});
             }
         })
         .unwrap();
@@ -191,8 +193,8 @@ mod tests {
             if m.id == 1 {
                 panic!("boom");
             }
-            m.sync();
-            m.sync();
+            m.sync_while(|| {});
+            m.sync_while(|| {});
         })
         .unwrap_err();
         assert!(err.contains("boom") || err.contains("panicked"), "{err}");
