@@ -93,7 +93,7 @@ pub fn run(args: LlmArgs, models_dir: &Path) -> Result<()> {
             let native = Native::load(&path, args.threads)?;
             let model = native.model();
             println!(
-                "engine: reads {:.0} MB of weights a token (the file's blocks repacked into int8/int5/int4 tiles; {} kernel)",
+                "engine: reads {:.0} MB of weights a token (the file's blocks repacked into int8/int6/int5/int4 tiles; {} kernel)",
                 model.weight_bytes() as f64 / 1e6,
                 model.kernel().as_str()
             );
