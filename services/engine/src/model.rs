@@ -170,7 +170,7 @@ struct Layer {
     qkv_bias: Option<Vec<f32>>,
     attn_output: Matrix,
     ffn_norm: Vec<f32>,
-    /// Gate and up, a block of rows of each in turn (see [`Model::pass`]).
+    /// Gate and up, a block of 32 rows of each in turn (step 4 of the module docs).
     gate_up: Matrix,
     down: Matrix,
 }
