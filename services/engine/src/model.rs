@@ -783,7 +783,7 @@ impl Model {
                 match self.layers.get(l + 1) {
                     Some(next) => ahead.aim(&m, &next.qkv, head_tiles),
                     None if want_logits => ahead.aim(&m, &self.output, 1),
-                    None => {}
+                    None => ahead.bytes = &[],
                 }
                 m.sync_while(|| ahead.step());
             }
