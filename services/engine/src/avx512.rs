@@ -9,6 +9,7 @@
 //! adds; Int4Affine adds its terms times the activation sum with a second FMA, Int6 the sums of
 //! its second half block times their own scales. The low and high nibbles (the first and second
 //! half of a block) go to two chains of sums, so no chain waits on more than four `vpdpbusd`.
+//! Each block asks for the weights [`PREFETCH_AHEAD`] bytes on.
 
 use std::arch::x86_64::*;
 
@@ -49,6 +50,12 @@ pub(crate) fn tile_product(format: Format, w: &[u8], x: Rows, out: &mut [[f32; T
     }
 }
 
+/// How far ahead of the block it computes the kernel asks for the weights, in bytes. Where
+/// memory is far (an Intel server's virtual machine: a read loop of 512-bit loads at 24 GB/s,
+/// of 64-bit loads at 14), the core alone does not keep enough lines in flight while it also
+/// unpacks codes; 4–16 KB ahead took generation from 58 % to 71–85 % of the bound there.
+const PREFETCH_AHEAD: usize = 4096;
+
 const INT8: u8 = 0;
 const INT4: u8 = 1;
 const INT5: u8 = 2;
@@ -78,6 +85,10 @@ unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[
         // `N * cols` in `x.q`, `N * blocks` in `x.d`, `x.s` and `x.h` (asserted by the caller).
         unsafe {
             let block = w.add(b * block_bytes);
+            // A prefetch past the end of `w` (the next tiles, or nothing) is only a hint.
+            for line in (0..block_bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD + line) as *const i8);
+            }
             let scales = _mm512_cvtph_ps(_mm256_loadu_si256(block as *const __m256i));
             let codes = block.add(format.header());
             // Two chains of sums per token (even and odd groups, or low and high nibbles),

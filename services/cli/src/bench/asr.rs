@@ -129,7 +129,7 @@ pub fn run(args: AsrArgs, models_dir: &Path) -> Result<()> {
         Some(dir) => dir.clone(),
         None => ct2_model_dir(models_dir)?,
     };
-    let python = python_env(&args.python, &work, "faster-whisper", FW_REQUIREMENTS)?;
+    let python = python_env(&args.python, &work, "faster-whisper", FW_REQUIREMENTS, &[])?;
     let script = work.join("faster_whisper_run.py");
     std::fs::write(&script, FW_SCRIPT)
         .with_context(|| format!("cannot write {}", script.display()))?;

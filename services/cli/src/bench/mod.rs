@@ -90,9 +90,21 @@ fn companion_exe() -> Result<PathBuf> {
 }
 
 /// A peer in a Python virtual environment of its own under `work`, made once per set of pinned
-/// `requirements` (a pip requirements file's text). Returns the environment's Python.
-fn python_env(python: &str, work: &Path, peer: &str, requirements: &str) -> Result<PathBuf> {
-    let digest = companion_pipeline::sha256_hex(requirements.as_bytes());
+/// `requirements` (a pip requirements file's text) and `build_env` (variables pip's builds of
+/// source packages see). Returns the environment's Python.
+fn python_env(
+    python: &str,
+    work: &Path,
+    peer: &str,
+    requirements: &str,
+    build_env: &[(&str, &str)],
+) -> Result<PathBuf> {
+    let recipe = build_env
+        .iter()
+        .fold(requirements.to_string(), |r, (k, v)| {
+            format!("{r}\n# {k}={v}")
+        });
+    let digest = companion_pipeline::sha256_hex(recipe.as_bytes());
     let venv = work.join(format!("{peer}-{}", &digest[..12]));
     let venv_python = venv.join("bin/python");
     let ready = venv.join(".ready");
@@ -118,15 +130,18 @@ fn python_env(python: &str, work: &Path, peer: &str, requirements: &str) -> Resu
             "install",
             "--quiet",
             "--disable-pip-version-check",
+            // A wheel pip built before, with other `build_env`, would be taken from its cache.
+            "--no-cache-dir",
             "-r",
         ])
         .arg(&requirements_file)
+        .envs(build_env.iter().copied())
         .status()
         .context("cannot run pip")?;
     if !status.success() {
         bail!("installing {peer} into {} failed", venv.display());
     }
-    std::fs::write(&ready, requirements)?;
+    std::fs::write(&ready, recipe)?;
     Ok(venv_python)
 }
 
