@@ -20,17 +20,24 @@ macro_rules! on_pool {
 }
 
 /// Inserts the next result version of a recording inside the transaction `$tx` and evaluates to
-/// `Result<i64, sqlx::Error>` (the version). A concurrent writer of the same recording makes the
-/// insert fail with a unique violation; callers retry.
+/// `Result<i64, sqlx::Error>` (the version). Writers of the same recording take their turns
+/// ([`ResultsLock`]); a unique violation that still happens (the same job finished twice) is
+/// for the caller to retry.
 macro_rules! insert_result {
     ($tx:ident, $recording:expr, $job:expr, $cols:expr) => {{
         let cols: &crate::ResultColumns = $cols;
-        let version: Result<i64, sqlx::Error> = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(MAX(version), 0) + 1 AS BIGINT) FROM results WHERE recording_id = $1",
-        )
-        .bind($recording)
-        .fetch_one(&mut *$tx)
-        .await;
+        let version: Result<i64, sqlx::Error> =
+            match crate::ResultsLock::lock_results(&mut $tx, $recording).await {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    sqlx::query_scalar(
+                        "SELECT CAST(COALESCE(MAX(version), 0) + 1 AS BIGINT) FROM results WHERE recording_id = $1",
+                    )
+                    .bind($recording)
+                    .fetch_one(&mut *$tx)
+                    .await
+                }
+            };
         match version {
             Err(e) => Err(e),
             Ok(version) => sqlx::query(
@@ -168,6 +175,31 @@ impl BeginWrite for PgPool {
     type Db = Postgres;
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         self.begin().await
+    }
+}
+
+/// Taking, inside a write transaction, the turn to add a recording's next result version.
+/// Without it, concurrent writers of one recording (six in a test) read the same highest
+/// version, and one could lose the race on the version's unique key more often than
+/// [`WRITE_ATTEMPTS`] allows. SQLite's write transactions already take turns.
+trait ResultsLock {
+    async fn lock_results(&mut self, recording: &str) -> Result<(), sqlx::Error>;
+}
+
+impl ResultsLock for Transaction<'static, Postgres> {
+    async fn lock_results(&mut self, recording: &str) -> Result<(), sqlx::Error> {
+        // Held until the transaction ends.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(recording)
+            .execute(&mut **self)
+            .await
+            .map(|_| ())
+    }
+}
+
+impl ResultsLock for Transaction<'static, Sqlite> {
+    async fn lock_results(&mut self, _recording: &str) -> Result<(), sqlx::Error> {
+        Ok(())
     }
 }
 
@@ -590,7 +622,8 @@ mod tests {
             .upsert_recording(&recording("rec_c"))
             .await
             .unwrap();
-        let adds: Vec<_> = (0..6)
+        // More writers than a writer has attempts.
+        let adds: Vec<_> = (0..12)
             .map(|i| {
                 let store = db.store.clone();
                 tokio::spawn(async move {
@@ -605,7 +638,7 @@ mod tests {
             versions.push(add.await.unwrap().unwrap());
         }
         versions.sort();
-        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(versions, (1..=12).collect::<Vec<i64>>());
     }
 
     #[tokio::test]
