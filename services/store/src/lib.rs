@@ -26,27 +26,22 @@ macro_rules! on_pool {
 macro_rules! insert_result {
     ($tx:ident, $recording:expr, $job:expr, $cols:expr) => {{
         let cols: &crate::ResultColumns = $cols;
-        let version: Result<i64, sqlx::Error> =
-            match crate::ResultsLock::lock_results(&mut $tx, $recording).await {
-                Err(e) => Err(e),
-                Ok(()) => {
-                    sqlx::query_scalar(
-                        "SELECT CAST(COALESCE(MAX(version), 0) + 1 AS BIGINT) FROM results WHERE recording_id = $1",
-                    )
-                    .bind($recording)
-                    .fetch_one(&mut *$tx)
-                    .await
-                }
-            };
-        match version {
-            Err(e) => Err(e),
-            Ok(version) => sqlx::query(
+        let recording: &str = $recording;
+        async {
+            crate::ResultsLock::lock_results(&mut $tx, recording).await?;
+            let version: i64 = sqlx::query_scalar(
+                "SELECT CAST(COALESCE(MAX(version), 0) + 1 AS BIGINT) FROM results WHERE recording_id = $1",
+            )
+            .bind(recording)
+            .fetch_one(&mut *$tx)
+            .await?;
+            sqlx::query(
                 "INSERT INTO results (recording_id, version, status, duration_s, speech, language,
                      language_probability, transcript, result_json, error_kind, error_message,
                      created_at_ms, job_id)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
-            .bind($recording)
+            .bind(recording)
             .bind(version)
             .bind(cols.status)
             .bind(cols.duration_s)
@@ -60,9 +55,10 @@ macro_rules! insert_result {
             .bind(crate::now_ms())
             .bind($job)
             .execute(&mut *$tx)
-            .await
-            .map(|_| version),
+            .await?;
+            Ok::<i64, sqlx::Error>(version)
         }
+        .await
     }};
 }
 
@@ -179,7 +175,7 @@ impl BeginWrite for PgPool {
 }
 
 /// Taking, inside a write transaction, the turn to add a recording's next result version.
-/// Without it, concurrent writers of one recording (six in a test) read the same highest
+/// Without it, concurrent writers of one recording (six, in a CI run) read the same highest
 /// version, and one could lose the race on the version's unique key more often than
 /// [`WRITE_ATTEMPTS`] allows. SQLite's write transactions already take turns.
 trait ResultsLock {
