@@ -14,7 +14,7 @@
 use std::arch::x86_64::*;
 
 use crate::activations::Rows;
-use crate::matrix::{BLOCK, Format, TILE};
+use crate::matrix::{BLOCK, Format, PREFETCH_AHEAD, TILE};
 
 /// One tile (`w`: its blocks) times `out.len()` (1 to 4) tokens of `x`.
 pub(crate) fn tile_product(format: Format, w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
@@ -49,12 +49,6 @@ pub(crate) fn tile_product(format: Format, w: &[u8], x: Rows, out: &mut [[f32; T
         }
     }
 }
-
-/// How far ahead of the block it computes the kernel asks for the weights, in bytes. Where
-/// memory is far (an Intel server's virtual machine: a read loop of 512-bit loads at 24 GB/s,
-/// of 64-bit loads at 14), the core alone does not keep enough lines in flight while it also
-/// unpacks codes; 4–16 KB ahead took generation from 58 % to 69–85 % of the bound there.
-const PREFETCH_AHEAD: usize = 4096;
 
 const INT8: u8 = 0;
 const INT4: u8 = 1;
