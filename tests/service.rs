@@ -67,12 +67,13 @@ fn fresh_database() -> String {
     format!("{base}/{name}")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct ports that were free: the listeners are held until all are chosen, so the
+/// system cannot hand out one port twice.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
 /// A `companion` process, killed when dropped; its stderr goes to a log file shown on failure.
@@ -151,13 +152,14 @@ impl Stack {
         );
         let audio_root = workdir().join(unique("root"));
         std::fs::create_dir_all(&audio_root).unwrap();
+        let [port, metrics_port] = free_ports();
         Stack {
             db: fresh_database(),
             prefix: unique("companion_t"),
             tokens,
             audio_root,
-            port: free_port(),
-            metrics_port: free_port(),
+            port,
+            metrics_port,
             api: None,
         }
     }
@@ -208,9 +210,17 @@ impl Stack {
         Process::start("worker", &args)
     }
 
-    async fn wait_for_api(&self) {
+    async fn wait_for_api(&mut self) {
         let started = Instant::now();
         loop {
+            if let Some(api) = self.api.as_mut()
+                && let Some(status) = api.child.try_wait().unwrap()
+            {
+                panic!(
+                    "the API exited ({status}) before it answered:\n{}",
+                    api.log()
+                );
+            }
             if let Ok(mut client) = self.client().await {
                 let probe = client
                     .get_result(authed(
@@ -916,7 +926,7 @@ async fn serve_embedded_runs_the_whole_api_without_a_broker() {
         "svc_embedded_tokens.tsv",
         format!("{PBX}\tacme\tpbx\n").as_bytes(),
     );
-    let port = free_port();
+    let [port] = free_ports();
     let _server = Process::start(
         "embedded",
         &[
@@ -930,7 +940,7 @@ async fn serve_embedded_runs_the_whole_api_without_a_broker() {
             tokens.display().to_string(),
         ],
     );
-    let stack = Stack {
+    let mut stack = Stack {
         db: String::new(),
         prefix: String::new(),
         tokens,

@@ -43,13 +43,14 @@ impl Backend {
     }
 }
 
-/// The engine where its AVX-512 VNNI kernels run (picked at run time, whatever the build's
-/// target CPU), else llama.cpp: the engine's portable kernel is for correctness, not speed.
+/// The engine where one of its SIMD kernels runs (AVX-512 VNNI or AVX2, picked at run time,
+/// whatever the build's target CPU), else llama.cpp: the engine's portable kernel is for
+/// correctness, not speed.
 impl Default for Backend {
     fn default() -> Backend {
         match Kernel::detect() {
-            Kernel::Avx512Vnni => Backend::Native,
             Kernel::Portable => Backend::LlamaCpp,
+            Kernel::Avx2 | Kernel::Avx512Vnni => Backend::Native,
         }
     }
 }
@@ -98,11 +99,10 @@ mod tests {
         for backend in Backend::ALL {
             assert_eq!(backend.to_string().parse::<Backend>().unwrap(), backend);
         }
-        let fast = Kernel::detect() == Kernel::Avx512Vnni;
-        let expected = if fast {
-            Backend::Native
-        } else {
+        let expected = if Kernel::detect() == Kernel::Portable {
             Backend::LlamaCpp
+        } else {
+            Backend::Native
         };
         assert_eq!(Backend::default(), expected);
         assert_eq!("native".parse::<Backend>().unwrap(), Backend::Native);

@@ -59,7 +59,7 @@ fn summarise(voicemail: &str) -> Vec<Message> {
 /// two candidates are so close that rounding decides (activations quantized with f32 against
 /// f16 scales, an f32 against an f16 KV cache, other summation orders; candle and llama.cpp
 /// part ways on such near-ties too). Where the answers part, the engine's logits for its own
-/// token and for llama.cpp's must be within [`NEAR_TIE`] of each other: a wrong computation
+/// token and for llama.cpp's must be within [`common::NEAR_TIE`] of each other: a wrong computation
 /// gives gaps of whole units. (Measured: 5 of the 9 answers part, at gaps of 0.03 to 0.27.)
 #[test]
 fn answers_as_llama_cpp_does_on_the_same_file() {
@@ -91,41 +91,18 @@ fn answers_as_llama_cpp_does_on_the_same_file() {
                 theirs.chat(&messages, &opts).unwrap(),
             );
             if a.text != b.text {
-                let gap = gap_where_they_part(&ours, &messages, &a.text, &b.text);
+                let gap = common::gap_where_they_part(&ours, &messages, &a.text, &b.text);
                 println!(
                     "{name}: {:?}\n  llama.cpp {:?}\n  gap {gap:.3}",
                     a.text, b.text
                 );
                 assert!(
-                    gap < NEAR_TIE,
+                    gap < common::NEAR_TIE,
                     "{name}: the engine's logits differ by {gap} where the answers part"
                 );
             }
         }
     }
-}
-
-/// Largest logit gap rounding may explain.
-const NEAR_TIE: f32 = 0.5;
-
-/// The engine's logit of its own next token minus that of the other's, at the first token
-/// where the two answers (re-tokenized) differ.
-fn gap_where_they_part(ours: &Native, messages: &[Message], a: &str, b: &str) -> f32 {
-    let tokenizer = ours.tokenizer();
-    let (ta, tb) = (tokenizer.encode(a).unwrap(), tokenizer.encode(b).unwrap());
-    let k = ta.iter().zip(&tb).take_while(|(x, y)| x == y).count();
-    let (Some(&mine), Some(&other)) = (ta.get(k), tb.get(k).or(tokenizer.stop_ids().first()))
-    else {
-        panic!("one answer is a prefix of the other: {a:?} / {b:?}");
-    };
-    let mut ids = ours.prompt_ids(messages).unwrap();
-    ids.extend(&ta[..k]);
-    let mut session = companion_engine::Session::default();
-    let mut logits = Vec::new();
-    ours.model()
-        .forward(&mut session, &ids, 2, &mut logits)
-        .unwrap();
-    logits[mine as usize] - logits[other as usize]
 }
 
 #[test]

@@ -6,8 +6,8 @@ mod common;
 use std::sync::{Arc, OnceLock};
 
 use companion_language::{
-    Error, GenerateOptions, Generation, LlamaCpp, LlamaOptions, Message, StopReason, chat_format,
-    load_generator,
+    Error, GenerateOptions, Generation, LlamaCpp, LlamaOptions, Message, Native, StopReason,
+    chat_format, load_generator,
 };
 
 const CAPITAL: &str = "What is the capital of France? Answer in one word.";
@@ -44,6 +44,24 @@ fn qwen() -> Arc<LlamaCpp> {
     static LLM: OnceLock<Arc<LlamaCpp>> = OnceLock::new();
     LLM.get_or_init(|| Arc::new(load("qwen2.5-0.5b", true)))
         .clone()
+}
+
+/// Two llama.cpp answers to the same messages from the model `name` must be the same, or part
+/// at a near-tie: llama.cpp computes a prompt's tokens in batches whose kernels round
+/// differently from one token's (on AVX2 CPUs, a cached prefix and a fresh prompt part at gaps
+/// of tenths). The gap is read from the engine's logits on the same file, as where the engine
+/// and llama.cpp part (`engine.rs`); a wrong cache or a mixed-up context gives whole units.
+fn assert_same_or_near_tie(name: &str, messages: &[Message], a: &str, b: &str) {
+    if a == b {
+        return;
+    }
+    let engine = Native::load(&common::llm_path(name), None).unwrap();
+    let gap = common::gap_where_they_part(&engine, messages, a, b).abs();
+    println!("{name}: {a:?}\n  and {b:?}\n  gap {gap:.3}");
+    assert!(
+        gap < common::NEAR_TIE,
+        "{name}: the answers part where the logits differ by {gap}: {a:?} / {b:?}"
+    );
 }
 
 fn summarise(voicemail: &str) -> Vec<Message> {
@@ -124,8 +142,10 @@ fn reusing_the_prompt_cache_changes_no_answer() {
             let a = cached.chat(&messages, &opts).unwrap();
             let b = fresh.chat(&messages, &opts).unwrap();
             println!("{name}: {:?} (cached {})", a.text, a.cached_prompt_tokens);
-            assert_eq!(a.text, b.text, "{name}: {voicemail}");
-            assert_eq!(a.stop, b.stop);
+            assert_same_or_near_tie(name, &messages, &a.text, &b.text);
+            if a.text == b.text {
+                assert_eq!(a.stop, b.stop);
+            }
             assert_eq!(b.cached_prompt_tokens, 0);
             reused += a.cached_prompt_tokens;
         }
@@ -221,7 +241,10 @@ fn two_threads_generate_at_once() {
         .collect();
     for (i, h) in handles.into_iter().enumerate() {
         let got = h.join().expect("a generating thread panicked");
-        assert_eq!(got.text, expected[i % 2].text, "thread {i}");
+        // A thread may find the other voicemail's prompt in the cache, or none.
+        let messages = summarise(VOICEMAILS[i % 2]);
+        println!("thread {i}");
+        assert_same_or_near_tie("qwen2.5-0.5b", &messages, &got.text, &expected[i % 2].text);
     }
 }
 

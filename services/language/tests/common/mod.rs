@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use companion_language::{EMBEDDING_ROLE, LLM_ROLE, installed_model};
+use companion_language::{EMBEDDING_ROLE, LLM_ROLE, Message, Native, installed_model};
 
 fn require(name: &str, role: &str) -> PathBuf {
     match installed_model(name, role) {
@@ -37,4 +37,28 @@ pub fn json_object(text: &str) -> Option<&str> {
     let start = text.find('{')?;
     let end = text.rfind('}')?;
     (end > start).then(|| &text[start..=end])
+}
+
+/// Largest logit gap rounding may explain.
+pub const NEAR_TIE: f32 = 0.5;
+
+/// The engine's logit of the next token of answer `a` minus that of answer `b`'s, at the
+/// first token where the two answers (re-tokenized) differ.
+pub fn gap_where_they_part(ours: &Native, messages: &[Message], a: &str, b: &str) -> f32 {
+    let tokenizer = ours.tokenizer();
+    let (ta, tb) = (tokenizer.encode(a).unwrap(), tokenizer.encode(b).unwrap());
+    let k = ta.iter().zip(&tb).take_while(|(x, y)| x == y).count();
+    // An answer that ends there continues with its stop token.
+    let stop = tokenizer.stop_ids().first();
+    let (Some(&mine), Some(&other)) = (ta.get(k).or(stop), tb.get(k).or(stop)) else {
+        panic!("the answers do not part: {a:?} / {b:?}");
+    };
+    let mut ids = ours.prompt_ids(messages).unwrap();
+    ids.extend(&ta[..k]);
+    let mut session = companion_engine::Session::default();
+    let mut logits = Vec::new();
+    ours.model()
+        .forward(&mut session, &ids, 2, &mut logits)
+        .unwrap();
+    logits[mine as usize] - logits[other as usize]
 }
