@@ -17,8 +17,9 @@
 # A plain `cargo build` from a checkout uses .cargo/config.toml (`-C target-cpu=native`: fastest, for the build
 # machine only); RUSTFLAGS, as set below, replaces it. GGML_LLAMAFILE=ON (ggml's tiled matrix kernels, in
 # .cargo/config.toml for checkouts) is set below too: .cargo/ is not part of the build context.
-# companion's own LLM engine (the default LLM backend) picks its kernels at run time instead: AVX-512 VNNI where
-# the CPU has it (Ice Lake+, Zen 4+), whatever TARGET_CPU is; on other CPUs the default LLM backend is llama.cpp.
+# companion's own LLM engine (the default LLM backend) picks its kernels at run time instead, whatever TARGET_CPU
+# is: AVX-512 VNNI where the CPU has it (Ice Lake+, Zen 4+), else AVX2; on CPUs with neither the default LLM
+# backend is llama.cpp.
 # Pin the node pool (e.g. a node affinity on feature.node.kubernetes.io/cpu-cpuid.AVX2) if clusters are mixed.
 
 ARG RUST_IMAGE=rust:1.95-bookworm

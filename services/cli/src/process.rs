@@ -161,7 +161,7 @@ pub struct LanguageArgs {
         default_value = "all-minilm-l6-v2"
     )]
     pub embedding_model: String,
-    /// LLM runtime: engine (our own; default on CPUs with AVX-512 VNNI), llama.cpp or candle.
+    /// LLM runtime: engine (our own; default on CPUs with AVX2 or AVX-512 VNNI), llama.cpp or candle.
     #[arg(long, env = "COMPANION_LLM_BACKEND", default_value_t = Backend::default())]
     pub llm_backend: Backend,
 }

@@ -26,7 +26,7 @@ pub struct ModelArgs {
     /// CPU threads for the model (default: all cores).
     #[arg(long, env = "COMPANION_THREADS")]
     threads: Option<usize>,
-    /// LLM runtime: engine (our own; default on CPUs with AVX-512 VNNI), llama.cpp or candle.
+    /// LLM runtime: engine (our own; default on CPUs with AVX2 or AVX-512 VNNI), llama.cpp or candle.
     #[arg(long, env = "COMPANION_LLM_BACKEND", default_value_t = Backend::default())]
     llm_backend: Backend,
 }

@@ -4,7 +4,7 @@
 //! bandwidth; on a two-core machine ggml's kernels reach about half of that bound, being
 //! bound by their own instructions. This engine repacks each weight matrix at load into tiles
 //! of 16 rows whose codes one AVX-512 VNNI instruction multiplies four columns at a time
-//! ([`matrix`]), runs each layer's five steps on all threads with a spinning barrier between
+//! (three AVX2 instructions on CPUs without it, picked at run time) ([`matrix`]), runs each layer's five steps on all threads with a spinning barrier between
 //! them, the threads claiming a product's tiles as they become free ([`model`]), and computes
 //! the prompt in chunks whose tokens share each load of the weights.
 //! Weights stored as Q8_0, Q5_0 and Q4_0 are used code for code, Q4_K and Q6_K with their

@@ -9,6 +9,8 @@
 //! holds four columns of all 16 rows, and one AVX-512 VNNI instruction (`vpdpbusd`) multiplies
 //! them by the matching four activation codes, broadcast, and adds into 16 per-row sums: the
 //! inner loop is a load and a multiply-add, and a tile's product is one vector of 16 results.
+//! The AVX2 kernel takes a group as two 32-byte halves of eight rows and multiplies with
+//! `vpmaddubsw` and `vpmaddwd` (see `avx2.rs`); both give the portable kernel's results.
 //!
 //! * [`Format::Int8`]: 8 groups of 64 bytes per block; codes are the signed values plus 128.
 //! * [`Format::Int4`]: 4 groups; byte `k` of row `r` in group `g` holds the code of column
