@@ -1,5 +1,5 @@
 //! The AVX2 tile kernels (layout in `matrix.rs`), for x86-64 CPUs without AVX-512 VNNI
-//! (AMD Zen 1–3, Intel Haswell to Comet Lake and the client cores after them).
+//! (AMD Zen 1–3, Intel Haswell and later cores without AVX-512).
 //!
 //! A 64-byte group of codes is two 256-bit halves, rows 0–7 and rows 8–15, so a token's sums
 //! are two vectors of eight rows each. AVX2 has no `vpdpbusd`; its place is taken by
@@ -21,47 +21,10 @@
 use std::arch::x86_64::*;
 
 use crate::activations::Rows;
-use crate::matrix::{BLOCK, Format, PREFETCH_AHEAD, TILE};
+use crate::matrix::kernel_formats::{AFFINE, INT4, INT5, INT6, INT8, format_of};
+use crate::matrix::{BLOCK, Format, TILE, prefetch_ahead};
 
-/// One tile (`w`: its blocks) times `out.len()` (1 to 4) tokens of `x`.
-pub(crate) fn tile_product(format: Format, w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
-    let blocks = x.cols / BLOCK;
-    assert!(w.len() >= blocks * format.block_bytes());
-    assert!(x.q.len() >= out.len() * x.cols && x.d.len() >= out.len() * blocks);
-    assert!(x.s.len() >= out.len() * blocks && x.h.len() >= out.len() * blocks);
-    // SAFETY: `Kernel::Avx2` is only chosen when the CPU reports these features, and the
-    // asserts above keep every load inside the slices.
-    unsafe {
-        match (format, out.len()) {
-            (Format::Int8, 1) => tile::<1, INT8>(w, x, out),
-            (Format::Int8, 2) => tile::<2, INT8>(w, x, out),
-            (Format::Int8, 3) => tile::<3, INT8>(w, x, out),
-            (Format::Int8, _) => tile::<4, INT8>(w, x, out),
-            (Format::Int4, 1) => tile::<1, INT4>(w, x, out),
-            (Format::Int4, 2) => tile::<2, INT4>(w, x, out),
-            (Format::Int4, 3) => tile::<3, INT4>(w, x, out),
-            (Format::Int4, _) => tile::<4, INT4>(w, x, out),
-            (Format::Int5, 1) => tile::<1, INT5>(w, x, out),
-            (Format::Int5, 2) => tile::<2, INT5>(w, x, out),
-            (Format::Int5, 3) => tile::<3, INT5>(w, x, out),
-            (Format::Int5, _) => tile::<4, INT5>(w, x, out),
-            (Format::Int4Affine, 1) => tile::<1, AFFINE>(w, x, out),
-            (Format::Int4Affine, 2) => tile::<2, AFFINE>(w, x, out),
-            (Format::Int4Affine, 3) => tile::<3, AFFINE>(w, x, out),
-            (Format::Int4Affine, _) => tile::<4, AFFINE>(w, x, out),
-            (Format::Int6, 1) => tile::<1, INT6>(w, x, out),
-            (Format::Int6, 2) => tile::<2, INT6>(w, x, out),
-            (Format::Int6, 3) => tile::<3, INT6>(w, x, out),
-            (Format::Int6, _) => tile::<4, INT6>(w, x, out),
-        }
-    }
-}
-
-const INT8: u8 = 0;
-const INT4: u8 = 1;
-const INT5: u8 = 2;
-const AFFINE: u8 = 3;
-const INT6: u8 = 4;
+simd_tile_product!();
 
 /// 32 bits of a code mask as 32 bytes: `add` where the byte's bit is set, else 0.
 #[target_feature(enable = "avx2")]
@@ -79,19 +42,10 @@ fn bits_to_bytes(bits: u32, add: __m256i) -> __m256i {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
-    let format = match FORMAT {
-        INT8 => Format::Int8,
-        INT4 => Format::Int4,
-        INT5 => Format::Int5,
-        INT6 => Format::Int6,
-        _ => Format::Int4Affine,
-    };
-    // Groups whose 16-bit sums are added before they are widened (see the module's notes).
-    let widen_every = match FORMAT {
-        INT8 => 1,
-        INT6 => 2,
-        _ => 4,
-    };
+    let format = format_of(FORMAT);
+    // Groups whose 16-bit sums are added before they are widened: four, two for Int6 (see the
+    // module's notes); Int8's are widened at once.
+    let widen_every = if FORMAT == INT6 { 2 } else { 4 };
     let blocks = x.cols / BLOCK;
     let block_bytes = format.block_bytes();
     // Int8 codes are multiplied as signed values, so nothing is subtracted for them.
@@ -111,10 +65,7 @@ unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[
         // `N * cols` in `x.q`, `N * blocks` in `x.d`, `x.s` and `x.h` (asserted by the caller).
         unsafe {
             let block = w.add(b * block_bytes);
-            // A prefetch past the end of `w` (the next tiles, or nothing) is only a hint.
-            for line in (0..block_bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD + line) as *const i8);
-            }
+            prefetch_ahead(block, block_bytes);
             let halves = |at: usize| {
                 let p = block.add(at) as *const __m128i;
                 [

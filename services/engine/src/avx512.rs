@@ -9,62 +9,19 @@
 //! adds; Int4Affine adds its terms times the activation sum with a second FMA, Int6 the sums of
 //! its second half block times their own scales. The low and high nibbles (the first and second
 //! half of a block) go to two chains of sums, so no chain waits on more than four `vpdpbusd`.
-//! Each block asks for the weights [`PREFETCH_AHEAD`] bytes on.
+//! Each block asks for the weights some kilobytes on (`matrix::prefetch_ahead`).
 
 use std::arch::x86_64::*;
 
 use crate::activations::Rows;
-use crate::matrix::{BLOCK, Format, PREFETCH_AHEAD, TILE};
+use crate::matrix::kernel_formats::{AFFINE, INT4, INT5, INT6, INT8, format_of};
+use crate::matrix::{BLOCK, Format, TILE, prefetch_ahead};
 
-/// One tile (`w`: its blocks) times `out.len()` (1 to 4) tokens of `x`.
-pub(crate) fn tile_product(format: Format, w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
-    let blocks = x.cols / BLOCK;
-    assert!(w.len() >= blocks * format.block_bytes());
-    assert!(x.q.len() >= out.len() * x.cols && x.d.len() >= out.len() * blocks);
-    assert!(x.s.len() >= out.len() * blocks && x.h.len() >= out.len() * blocks);
-    // SAFETY: `Kernel::Avx512Vnni` is only chosen when the CPU reports these features, and
-    // the asserts above keep every load inside the slices.
-    unsafe {
-        match (format, out.len()) {
-            (Format::Int8, 1) => tile::<1, INT8>(w, x, out),
-            (Format::Int8, 2) => tile::<2, INT8>(w, x, out),
-            (Format::Int8, 3) => tile::<3, INT8>(w, x, out),
-            (Format::Int8, _) => tile::<4, INT8>(w, x, out),
-            (Format::Int4, 1) => tile::<1, INT4>(w, x, out),
-            (Format::Int4, 2) => tile::<2, INT4>(w, x, out),
-            (Format::Int4, 3) => tile::<3, INT4>(w, x, out),
-            (Format::Int4, _) => tile::<4, INT4>(w, x, out),
-            (Format::Int5, 1) => tile::<1, INT5>(w, x, out),
-            (Format::Int5, 2) => tile::<2, INT5>(w, x, out),
-            (Format::Int5, 3) => tile::<3, INT5>(w, x, out),
-            (Format::Int5, _) => tile::<4, INT5>(w, x, out),
-            (Format::Int4Affine, 1) => tile::<1, AFFINE>(w, x, out),
-            (Format::Int4Affine, 2) => tile::<2, AFFINE>(w, x, out),
-            (Format::Int4Affine, 3) => tile::<3, AFFINE>(w, x, out),
-            (Format::Int4Affine, _) => tile::<4, AFFINE>(w, x, out),
-            (Format::Int6, 1) => tile::<1, INT6>(w, x, out),
-            (Format::Int6, 2) => tile::<2, INT6>(w, x, out),
-            (Format::Int6, 3) => tile::<3, INT6>(w, x, out),
-            (Format::Int6, _) => tile::<4, INT6>(w, x, out),
-        }
-    }
-}
-
-const INT8: u8 = 0;
-const INT4: u8 = 1;
-const INT5: u8 = 2;
-const AFFINE: u8 = 3;
-const INT6: u8 = 4;
+simd_tile_product!();
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
-    let format = match FORMAT {
-        INT8 => Format::Int8,
-        INT4 => Format::Int4,
-        INT5 => Format::Int5,
-        INT6 => Format::Int6,
-        _ => Format::Int4Affine,
-    };
+    let format = format_of(FORMAT);
     let blocks = x.cols / BLOCK;
     let block_bytes = format.block_bytes();
     let offset = format.offset();
@@ -79,10 +36,7 @@ unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[
         // `N * cols` in `x.q`, `N * blocks` in `x.d`, `x.s` and `x.h` (asserted by the caller).
         unsafe {
             let block = w.add(b * block_bytes);
-            // A prefetch past the end of `w` (the next tiles, or nothing) is only a hint.
-            for line in (0..block_bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD + line) as *const i8);
-            }
+            prefetch_ahead(block, block_bytes);
             let scales = _mm512_cvtph_ps(_mm256_loadu_si256(block as *const __m256i));
             let codes = block.add(format.header());
             // Two chains of sums per token (even and odd groups, or low and high nibbles),

@@ -14,13 +14,15 @@
 //! sequence's KV cache. [`Model::forward`] computes tokens and gives the last one's logits.
 //! Tokenizing, chat templates and sampling belong to the caller.
 
+// First: the SIMD kernels use its macro.
+#[macro_use]
+pub mod matrix;
 mod activations;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod error;
-pub mod matrix;
 pub mod model;
 mod team;
 

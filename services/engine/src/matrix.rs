@@ -65,7 +65,21 @@ const TOKENS_PER_PASS: usize = 4;
 /// memory is far (an Intel server's virtual machine: a read loop of 512-bit loads at 24 GB/s,
 /// of 64-bit loads at 14), the core alone does not keep enough lines in flight while it also
 /// unpacks codes; 4–16 KB ahead took generation from 58 % to 69–85 % of the bound there.
-pub(crate) const PREFETCH_AHEAD: usize = 4096;
+const PREFETCH_AHEAD: usize = 4096;
+
+/// Asks for the `bytes` bytes [`PREFETCH_AHEAD`] on from `block`, a cache line at a time. A
+/// prefetch past the end of the weights (the next tiles, or nothing) is only a hint.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn prefetch_ahead(block: *const u8, bytes: usize) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: a prefetch never faults, whatever the address.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD + line) as *const i8)
+        };
+    }
+}
 
 /// How a matrix's codes are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +127,69 @@ impl Format {
             Format::Int6 => 32,
         }
     }
+}
+
+/// The SIMD kernels' format parameter: `tile::<N, FORMAT>` is monomorphized per format.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod kernel_formats {
+    use super::Format;
+
+    pub const INT8: u8 = 0;
+    pub const INT4: u8 = 1;
+    pub const INT5: u8 = 2;
+    pub const AFFINE: u8 = 3;
+    pub const INT6: u8 = 4;
+
+    pub const fn format_of(code: u8) -> Format {
+        match code {
+            INT8 => Format::Int8,
+            INT4 => Format::Int4,
+            INT5 => Format::Int5,
+            INT6 => Format::Int6,
+            _ => Format::Int4Affine,
+        }
+    }
+}
+
+/// A SIMD module's `tile_product`: checks the slices, then calls the module's
+/// `tile::<N, FORMAT>` for the format and the token count (1 to 4).
+#[cfg(target_arch = "x86_64")]
+macro_rules! simd_tile_product {
+    () => {
+        /// One tile (`w`: its blocks) times `out.len()` (1 to 4) tokens of `x`.
+        pub(crate) fn tile_product(format: Format, w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
+            let blocks = x.cols / BLOCK;
+            assert!(w.len() >= blocks * format.block_bytes());
+            assert!(x.q.len() >= out.len() * x.cols && x.d.len() >= out.len() * blocks);
+            assert!(x.s.len() >= out.len() * blocks && x.h.len() >= out.len() * blocks);
+            // SAFETY: the kernel is only chosen when the CPU reports its features
+            // (`Kernel::runs_here`), and the asserts above keep every load inside the slices.
+            unsafe {
+                match (format, out.len()) {
+                    (Format::Int8, 1) => tile::<1, INT8>(w, x, out),
+                    (Format::Int8, 2) => tile::<2, INT8>(w, x, out),
+                    (Format::Int8, 3) => tile::<3, INT8>(w, x, out),
+                    (Format::Int8, _) => tile::<4, INT8>(w, x, out),
+                    (Format::Int4, 1) => tile::<1, INT4>(w, x, out),
+                    (Format::Int4, 2) => tile::<2, INT4>(w, x, out),
+                    (Format::Int4, 3) => tile::<3, INT4>(w, x, out),
+                    (Format::Int4, _) => tile::<4, INT4>(w, x, out),
+                    (Format::Int5, 1) => tile::<1, INT5>(w, x, out),
+                    (Format::Int5, 2) => tile::<2, INT5>(w, x, out),
+                    (Format::Int5, 3) => tile::<3, INT5>(w, x, out),
+                    (Format::Int5, _) => tile::<4, INT5>(w, x, out),
+                    (Format::Int4Affine, 1) => tile::<1, AFFINE>(w, x, out),
+                    (Format::Int4Affine, 2) => tile::<2, AFFINE>(w, x, out),
+                    (Format::Int4Affine, 3) => tile::<3, AFFINE>(w, x, out),
+                    (Format::Int4Affine, _) => tile::<4, AFFINE>(w, x, out),
+                    (Format::Int6, 1) => tile::<1, INT6>(w, x, out),
+                    (Format::Int6, 2) => tile::<2, INT6>(w, x, out),
+                    (Format::Int6, 3) => tile::<3, INT6>(w, x, out),
+                    (Format::Int6, _) => tile::<4, INT6>(w, x, out),
+                }
+            }
+        }
+    };
 }
 
 /// Which implementation multiplies.
