@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use companion_language::{
     Error, GenerateOptions, Generation, LlamaCpp, LlamaOptions, Message, Native, StopReason,
@@ -46,6 +47,16 @@ fn qwen() -> Arc<LlamaCpp> {
         .clone()
 }
 
+/// The engine on the model `name`, loaded once for every test of this file.
+fn engine(name: &str) -> Arc<Native> {
+    static ENGINES: OnceLock<Mutex<HashMap<String, Arc<Native>>>> = OnceLock::new();
+    let mut engines = ENGINES.get_or_init(Mutex::default).lock().unwrap();
+    engines
+        .entry(name.to_string())
+        .or_insert_with(|| Arc::new(Native::load(&common::llm_path(name), None).unwrap()))
+        .clone()
+}
+
 /// Two llama.cpp answers to the same messages from the model `name` must be the same, or part
 /// at a near-tie: llama.cpp computes a prompt's tokens in batches whose kernels round
 /// differently from one token's (on AVX2 CPUs, a cached prefix and a fresh prompt part at gaps
@@ -55,8 +66,7 @@ fn assert_same_or_near_tie(name: &str, messages: &[Message], a: &str, b: &str) {
     if a == b {
         return;
     }
-    let engine = Native::load(&common::llm_path(name), None).unwrap();
-    let gap = common::gap_where_they_part(&engine, messages, a, b).abs();
+    let gap = common::gap_where_they_part(&engine(name), messages, a, b).abs();
     println!("{name}: {a:?}\n  and {b:?}\n  gap {gap:.3}");
     assert!(
         gap < common::NEAR_TIE,
