@@ -489,6 +489,44 @@ impl Matrix {
         self.data.len()
     }
 
+    /// A matrix of `rows` × `cols` (multiples of [`TILE`] and [`BLOCK`]) in `format`, its codes
+    /// pseudo-random from `seed` and its scales and terms small positive f16 values: for
+    /// measuring the kernels (`companion bench kernels`), whose speed does not depend on the
+    /// values.
+    pub fn synthetic(format: Format, rows: usize, cols: usize, seed: u64) -> Result<Matrix> {
+        if rows == 0 || !rows.is_multiple_of(TILE) || cols == 0 || !cols.is_multiple_of(BLOCK) {
+            return Err(Error::InvalidInput(format!(
+                "a synthetic matrix needs rows in multiples of {TILE} and columns in multiples                  of {BLOCK}, not {rows} × {cols}"
+            )));
+        }
+        let mut state = seed | 1;
+        let mut data: Vec<u8> = (0..rows / TILE * cols / BLOCK * format.block_bytes())
+            .map(|_| {
+                // xorshift64
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 32) as u8
+            })
+            .collect();
+        let small = f16::from_f32(0.01).to_bits().to_le_bytes();
+        for block in data.chunks_exact_mut(format.block_bytes()) {
+            for half in block[..format.header()].chunks_exact_mut(2) {
+                half.copy_from_slice(&small);
+            }
+        }
+        Ok(Matrix {
+            rows,
+            cols,
+            segments: vec![Segment {
+                format,
+                first: 0,
+                at: 0,
+            }],
+            data,
+        })
+    }
+
     /// Row `row` as f32 values (an embedding lookup from a tied output matrix).
     pub fn row(&self, row: usize, out: &mut [f32]) {
         let (tile, r) = (row / TILE, row % TILE);
@@ -1255,6 +1293,48 @@ pub(crate) mod tests {
     fn every_simd_kernel_matches_the_portable_one() {
         for kernel in simd_kernels() {
             compare_with_portable(kernel);
+        }
+    }
+
+    /// A synthetic matrix of every format multiplies as the portable kernel does on every
+    /// kernel, its values are finite, and sizes off the tile grid are refused.
+    #[test]
+    fn synthetic_matrices_hold_every_format() {
+        let formats = [
+            Format::Int8,
+            Format::Int4,
+            Format::Int5,
+            Format::Int4Affine,
+            Format::Int6,
+        ];
+        let cols = 256;
+        let (a, _) = activations(1, cols, 5);
+        for format in formats {
+            let m = Matrix::synthetic(format, 32, cols, 7).unwrap();
+            assert_eq!((m.rows(), m.cols(), m.formats()), (32, cols, vec![format]));
+            assert_eq!(m.bytes(), 2 * cols / BLOCK * format.block_bytes());
+            let mut row = vec![0.0; cols];
+            m.row(17, &mut row);
+            assert!(
+                row.iter().all(|v| v.is_finite() && v.abs() < 5.0),
+                "{format:?}"
+            );
+            assert!(row.iter().any(|&v| v != 0.0), "{format:?}");
+            let mut reference = vec![0.0; 32];
+            m.multiply(Kernel::Portable, a.rows(1), &mut reference, Write::Store);
+            for kernel in simd_kernels() {
+                let mut out = vec![0.0; 32];
+                m.multiply(kernel, a.rows(1), &mut out, Write::Store);
+                assert_eq!(out, reference, "{format:?} on {kernel:?}");
+            }
+        }
+        assert_ne!(
+            Matrix::synthetic(Format::Int8, 32, cols, 1).unwrap().data,
+            Matrix::synthetic(Format::Int8, 32, cols, 2).unwrap().data
+        );
+        for (rows, cols) in [(0, 32), (20, 32), (16, 0), (16, 40)] {
+            let err = Matrix::synthetic(Format::Int4, rows, cols, 1).unwrap_err();
+            assert!(err.to_string().contains("multiples"), "{err}");
         }
     }
 

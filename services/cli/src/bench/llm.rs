@@ -479,7 +479,7 @@ pub fn bytes_read_per_token(path: &Path) -> Result<u64> {
 }
 
 /// Measures how fast `threads` threads read a buffer far larger than the caches.
-struct MemoryReader {
+pub(super) struct MemoryReader {
     buffer: Vec<u64>,
     threads: usize,
 }
@@ -488,7 +488,7 @@ struct MemoryReader {
 type ReadLoop = fn(&[u64]) -> u64;
 
 impl MemoryReader {
-    fn new(threads: usize) -> MemoryReader {
+    pub(super) fn new(threads: usize) -> MemoryReader {
         const BYTES: usize = 1 << 30;
         MemoryReader {
             buffer: (0..(BYTES / 8) as u64).collect(),
@@ -496,10 +496,16 @@ impl MemoryReader {
         }
     }
 
+    /// Reads with `threads` threads from now on.
+    pub(super) fn with_threads(&mut self, threads: usize) -> &mut MemoryReader {
+        self.threads = threads.max(1);
+        self
+    }
+
     /// Bytes per second, the best of `passes` passes over the whole buffer with each read loop
     /// (the machines differ in which reads fastest: on one, 512-bit loads read 1.7× as fast as
     /// the plain loads; on another, the same).
-    fn best_of(&mut self, passes: usize) -> f64 {
+    pub(super) fn best_of(&mut self, passes: usize) -> f64 {
         let mut best = 0.0f64;
         for _ in 0..passes {
             for read in read_loops() {

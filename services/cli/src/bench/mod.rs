@@ -7,11 +7,14 @@
 //! * `llm`: prompt and generation tokens/s of each LLM backend and of llama.cpp's Python
 //!   binding on the same GGUF file, next to the memory-bandwidth bound of this machine.
 //! * `decode`: decoding and resampling to 16 kHz against ffmpeg on the same files.
+//! * `kernels`: the engine's matrix kernels per weight format, from memory and in cache, next to
+//!   the read loops of `llm`.
 //! * `load`: model load times.
 
 mod asr;
 mod child;
 mod decode;
+mod kernels;
 mod llm;
 mod load;
 mod stages;
@@ -33,6 +36,8 @@ pub enum BenchCommand {
     Llm(llm::LlmArgs),
     /// Decoding and resampling speed against ffmpeg.
     Decode(decode::DecodeArgs),
+    /// The engine's matrix kernels per weight format against the memory read loops.
+    Kernels(kernels::KernelsArgs),
     /// Model load times.
     Load(load::LoadArgs),
 }
@@ -61,6 +66,7 @@ pub fn run(command: BenchCommand, models_dir: &Path) -> Result<()> {
         BenchCommand::Process(args) => stages::run(args),
         BenchCommand::Llm(args) => llm::run(args, models_dir),
         BenchCommand::Decode(args) => decode::run(args),
+        BenchCommand::Kernels(args) => kernels::run(args),
         BenchCommand::Load(args) => load::run(args, models_dir),
     }
 }
