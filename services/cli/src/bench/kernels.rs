@@ -4,6 +4,7 @@
 //! whether a share of the bandwidth bound that generation misses is lost in the kernels or
 //! around them (attention, barriers, the steps between products).
 
+use std::sync::Barrier;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
@@ -129,20 +130,34 @@ fn in_cache(kernel: Kernel, format: Format, cols: usize, x: &Activations) -> Res
     Ok((times * m.bytes()) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Bytes per second of each matrix multiplied by one token on a thread of its own, all at once.
+/// Bytes per second of each matrix multiplied by one token on a thread of its own, all at once:
+/// the bytes over the longest thread's time, each thread's clock started when all have started
+/// (a thread's start takes tens of microseconds, as long as a few MB take to read).
 fn multiply_each(kernel: Kernel, matrices: &[Matrix], x: &Activations) -> f64 {
     let bytes: usize = matrices.iter().map(Matrix::bytes).sum();
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for m in matrices {
-            s.spawn(move || {
-                let mut out = vec![0.0f32; m.rows()];
-                m.multiply(kernel, x.rows(1), &mut out, Write::Store);
-                std::hint::black_box(&out);
-            });
-        }
+    let ready = Barrier::new(matrices.len());
+    let longest = std::thread::scope(|s| {
+        let threads: Vec<_> = matrices
+            .iter()
+            .map(|m| {
+                let ready = &ready;
+                s.spawn(move || {
+                    let mut out = vec![0.0f32; m.rows()];
+                    ready.wait();
+                    let started = Instant::now();
+                    m.multiply(kernel, x.rows(1), &mut out, Write::Store);
+                    std::hint::black_box(&out);
+                    started.elapsed()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .filter_map(|t| t.join().ok())
+            .max()
+            .unwrap_or_default()
     });
-    bytes as f64 / started.elapsed().as_secs_f64()
+    bytes as f64 / longest.as_secs_f64()
 }
 
 fn print_table(threads: usize, rows: &[(Format, f64, Vec<Round>)]) {
