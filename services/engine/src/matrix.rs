@@ -152,7 +152,7 @@ pub(crate) mod kernel_formats {
 }
 
 /// A SIMD module's `tile_product`: checks the slices, then calls the module's
-/// `tile::<N, FORMAT>` for the format and the token count (1 to 4).
+/// `tile::<N, FORMAT>` for the format and (through `tokens`) the token count (1 to 4).
 #[cfg(target_arch = "x86_64")]
 macro_rules! simd_tile_product {
     () => {
@@ -165,27 +165,29 @@ macro_rules! simd_tile_product {
             // SAFETY: the kernel is only chosen when the CPU reports its features
             // (`Kernel::runs_here`), and the asserts above keep every load inside the slices.
             unsafe {
-                match (format, out.len()) {
-                    (Format::Int8, 1) => tile::<1, INT8>(w, x, out),
-                    (Format::Int8, 2) => tile::<2, INT8>(w, x, out),
-                    (Format::Int8, 3) => tile::<3, INT8>(w, x, out),
-                    (Format::Int8, _) => tile::<4, INT8>(w, x, out),
-                    (Format::Int4, 1) => tile::<1, INT4>(w, x, out),
-                    (Format::Int4, 2) => tile::<2, INT4>(w, x, out),
-                    (Format::Int4, 3) => tile::<3, INT4>(w, x, out),
-                    (Format::Int4, _) => tile::<4, INT4>(w, x, out),
-                    (Format::Int5, 1) => tile::<1, INT5>(w, x, out),
-                    (Format::Int5, 2) => tile::<2, INT5>(w, x, out),
-                    (Format::Int5, 3) => tile::<3, INT5>(w, x, out),
-                    (Format::Int5, _) => tile::<4, INT5>(w, x, out),
-                    (Format::Int4Affine, 1) => tile::<1, AFFINE>(w, x, out),
-                    (Format::Int4Affine, 2) => tile::<2, AFFINE>(w, x, out),
-                    (Format::Int4Affine, 3) => tile::<3, AFFINE>(w, x, out),
-                    (Format::Int4Affine, _) => tile::<4, AFFINE>(w, x, out),
-                    (Format::Int6, 1) => tile::<1, INT6>(w, x, out),
-                    (Format::Int6, 2) => tile::<2, INT6>(w, x, out),
-                    (Format::Int6, 3) => tile::<3, INT6>(w, x, out),
-                    (Format::Int6, _) => tile::<4, INT6>(w, x, out),
+                match format {
+                    Format::Int8 => tokens::<INT8>(w, x, out),
+                    Format::Int4 => tokens::<INT4>(w, x, out),
+                    Format::Int5 => tokens::<INT5>(w, x, out),
+                    Format::Int4Affine => tokens::<AFFINE>(w, x, out),
+                    Format::Int6 => tokens::<INT6>(w, x, out),
+                }
+            }
+        }
+
+        /// `tile::<N, FORMAT>` for the token count `out.len()` (1 to 4).
+        ///
+        /// # Safety
+        /// As `tile`: the CPU runs the kernel and the slices hold what it reads.
+        #[inline(always)]
+        unsafe fn tokens<const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
+            // SAFETY: the caller's promise.
+            unsafe {
+                match out.len() {
+                    1 => tile::<1, FORMAT>(w, x, out),
+                    2 => tile::<2, FORMAT>(w, x, out),
+                    3 => tile::<3, FORMAT>(w, x, out),
+                    _ => tile::<4, FORMAT>(w, x, out),
                 }
             }
         }

@@ -41,7 +41,7 @@ const FORMATS: [(Format, usize); 5] = [
 const IN_CACHE_BYTES: usize = 384 << 10;
 
 /// One format's speeds in one round, bytes per second.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug)]
 struct Round {
     one: f64,
     all: f64,
