@@ -22,7 +22,7 @@ use std::arch::x86_64::*;
 
 use crate::activations::Rows;
 use crate::matrix::kernel_formats::{AFFINE, INT4, INT5, INT6, INT8, format_of};
-use crate::matrix::{BLOCK, Format, TILE, prefetch_ahead};
+use crate::matrix::{BLOCK, Format, TILE, prefetch_lines};
 
 simd_tile_product!();
 
@@ -41,7 +41,12 @@ fn bits_to_bytes(bits: u32, add: __m256i) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
+unsafe fn tile<const N: usize, const FORMAT: u8>(
+    w: &[u8],
+    x: Rows,
+    out: &mut [[f32; TILE]],
+    ahead: usize,
+) {
     let format = format_of(FORMAT);
     // Groups whose 16-bit sums are added before they are widened: four, two for Int6 (see the
     // module's notes); Int8's are widened at once.
@@ -65,7 +70,9 @@ unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[
         // `N * cols` in `x.q`, `N * blocks` in `x.d`, `x.s` and `x.h` (asserted by the caller).
         unsafe {
             let block = w.add(b * block_bytes);
-            prefetch_ahead(block, block_bytes);
+            if ahead != 0 {
+                prefetch_lines(block, ahead, block_bytes);
+            }
             let halves = |at: usize| {
                 let p = block.add(at) as *const __m128i;
                 [

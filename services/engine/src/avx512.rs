@@ -9,18 +9,24 @@
 //! adds; Int4Affine adds its terms times the activation sum with a second FMA, Int6 the sums of
 //! its second half block times their own scales. The low and high nibbles (the first and second
 //! half of a block) go to two chains of sums, so no chain waits on more than four `vpdpbusd`.
-//! Each block asks for the weights some kilobytes on (`matrix::prefetch_ahead`).
+//! Each block asks for the weights some kilobytes on, except on AMD CPUs
+//! (`matrix::prefetch_ahead`).
 
 use std::arch::x86_64::*;
 
 use crate::activations::Rows;
 use crate::matrix::kernel_formats::{AFFINE, INT4, INT5, INT6, INT8, format_of};
-use crate::matrix::{BLOCK, Format, TILE, prefetch_ahead};
+use crate::matrix::{BLOCK, Format, TILE, prefetch_lines};
 
 simd_tile_product!();
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
+unsafe fn tile<const N: usize, const FORMAT: u8>(
+    w: &[u8],
+    x: Rows,
+    out: &mut [[f32; TILE]],
+    ahead: usize,
+) {
     let format = format_of(FORMAT);
     let blocks = x.cols / BLOCK;
     let block_bytes = format.block_bytes();
@@ -36,7 +42,9 @@ unsafe fn tile<const N: usize, const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[
         // `N * cols` in `x.q`, `N * blocks` in `x.d`, `x.s` and `x.h` (asserted by the caller).
         unsafe {
             let block = w.add(b * block_bytes);
-            prefetch_ahead(block, block_bytes);
+            if ahead != 0 {
+                prefetch_lines(block, ahead, block_bytes);
+            }
             let scales = _mm512_cvtph_ps(_mm256_loadu_si256(block as *const __m256i));
             let codes = block.add(format.header());
             // Two chains of sums per token (even and odd groups, or low and high nibbles),

@@ -45,6 +45,7 @@
 //! tile share the format that holds both.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::Device;
 use candle_core::quantized::{GgmlDType, ggml_file};
@@ -61,23 +62,68 @@ pub const BLOCK: usize = 32;
 const SCALES: usize = TILE * 2;
 /// Tokens multiplied together by one pass over a tile.
 const TOKENS_PER_PASS: usize = 4;
-/// How far ahead of the block it computes the kernel asks for the weights, in bytes. Where
-/// memory is far (an Intel server's virtual machine: a read loop of 512-bit loads at 24 GB/s,
-/// of 64-bit loads at 14), the core alone does not keep enough lines in flight while it also
-/// unpacks codes; 4–16 KB ahead took generation from 58 % to 69–85 % of the bound there.
-const PREFETCH_AHEAD: usize = 4096;
+/// How far ahead of the block it computes a kernel asks for the weights, on CPUs whose own
+/// prefetchers fall short. Where memory is far (an Intel server's virtual machine: a read loop
+/// of 512-bit loads at 24 GB/s, of 64-bit loads at 14), the core alone does not keep enough
+/// lines in flight while it also unpacks codes; 4–16 KB ahead took generation from 58 % to
+/// 69–85 % of the bound there. On AMD Zen 4 the same requests cost: a thread read the default
+/// model's matrices 7–13 % slower with them than without (docs/BENCHMARKS.md), so AMD CPUs go
+/// without (see [`prefetch_ahead`]).
+pub const PREFETCH_AHEAD: usize = 4096;
 
-/// Asks for the `bytes` bytes [`PREFETCH_AHEAD`] on from `block`, a cache line at a time. A
+/// The kernels' distance plus one, or 0 before it is first asked for.
+static PREFETCH: AtomicUsize = AtomicUsize::new(0);
+
+/// How far ahead the kernels ask for weights, in bytes (0: they leave it to the CPU): set by
+/// [`set_prefetch_ahead`], else [`PREFETCH_AHEAD`] on every CPU but AMD's.
+pub fn prefetch_ahead() -> usize {
+    match PREFETCH.load(Ordering::Relaxed) {
+        0 => {
+            let distance = default_prefetch_ahead();
+            PREFETCH.store(distance + 1, Ordering::Relaxed);
+            distance
+        }
+        set => set - 1,
+    }
+}
+
+/// Sets the kernels' distance for the whole process (0: no requests ahead); a hint that
+/// changes their speed, never their results (`companion bench kernels` compares both).
+pub fn set_prefetch_ahead(bytes: usize) {
+    PREFETCH.store(bytes.saturating_add(1), Ordering::Relaxed);
+}
+
+/// [`PREFETCH_AHEAD`], or 0 on an AMD CPU.
+fn default_prefetch_ahead() -> usize {
+    if cpu_vendor_is_amd() {
+        0
+    } else {
+        PREFETCH_AHEAD
+    }
+}
+
+fn cpu_vendor_is_amd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: CPUID leaf 0 exists on every x86-64 CPU.
+        #[allow(unused_unsafe)]
+        let id = unsafe { std::arch::x86_64::__cpuid(0) };
+        // "AuthenticAMD", in EBX, EDX, ECX.
+        [id.ebx, id.edx, id.ecx] == [0x6874_7541, 0x6974_6E65, 0x444D_4163]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Asks for the `bytes` bytes `ahead` bytes on from `block`, a cache line at a time. A
 /// prefetch past the end of the weights (the next tiles, or nothing) is only a hint.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) fn prefetch_ahead(block: *const u8, bytes: usize) {
+pub(crate) fn prefetch_lines(block: *const u8, ahead: usize, bytes: usize) {
     use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
     for line in (0..bytes).step_by(64) {
         // SAFETY: a prefetch never faults, whatever the address.
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD + line) as *const i8)
-        };
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(ahead + line) as *const i8) };
     }
 }
 
@@ -152,12 +198,19 @@ pub(crate) mod kernel_formats {
 }
 
 /// A SIMD module's `tile_product`: checks the slices, then calls the module's
-/// `tile::<N, FORMAT>` for the format and (through `tokens`) the token count (1 to 4).
+/// `tile::<N, FORMAT>` for the format and (through `tokens`) the token count (1 to 4), asking
+/// for the weights `ahead` bytes on (0: not at all).
 #[cfg(target_arch = "x86_64")]
 macro_rules! simd_tile_product {
     () => {
         /// One tile (`w`: its blocks) times `out.len()` (1 to 4) tokens of `x`.
-        pub(crate) fn tile_product(format: Format, w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
+        pub(crate) fn tile_product(
+            format: Format,
+            w: &[u8],
+            x: Rows,
+            out: &mut [[f32; TILE]],
+            ahead: usize,
+        ) {
             let blocks = x.cols / BLOCK;
             assert!(w.len() >= blocks * format.block_bytes());
             assert!(x.q.len() >= out.len() * x.cols && x.d.len() >= out.len() * blocks);
@@ -166,11 +219,11 @@ macro_rules! simd_tile_product {
             // (`Kernel::runs_here`), and the asserts above keep every load inside the slices.
             unsafe {
                 match format {
-                    Format::Int8 => tokens::<INT8>(w, x, out),
-                    Format::Int4 => tokens::<INT4>(w, x, out),
-                    Format::Int5 => tokens::<INT5>(w, x, out),
-                    Format::Int4Affine => tokens::<AFFINE>(w, x, out),
-                    Format::Int6 => tokens::<INT6>(w, x, out),
+                    Format::Int8 => tokens::<INT8>(w, x, out, ahead),
+                    Format::Int4 => tokens::<INT4>(w, x, out, ahead),
+                    Format::Int5 => tokens::<INT5>(w, x, out, ahead),
+                    Format::Int4Affine => tokens::<AFFINE>(w, x, out, ahead),
+                    Format::Int6 => tokens::<INT6>(w, x, out, ahead),
                 }
             }
         }
@@ -180,14 +233,19 @@ macro_rules! simd_tile_product {
         /// # Safety
         /// As `tile`: the CPU runs the kernel and the slices hold what it reads.
         #[inline(always)]
-        unsafe fn tokens<const FORMAT: u8>(w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
+        unsafe fn tokens<const FORMAT: u8>(
+            w: &[u8],
+            x: Rows,
+            out: &mut [[f32; TILE]],
+            ahead: usize,
+        ) {
             // SAFETY: the caller's promise.
             unsafe {
                 match out.len() {
-                    1 => tile::<1, FORMAT>(w, x, out),
-                    2 => tile::<2, FORMAT>(w, x, out),
-                    3 => tile::<3, FORMAT>(w, x, out),
-                    _ => tile::<4, FORMAT>(w, x, out),
+                    1 => tile::<1, FORMAT>(w, x, out, ahead),
+                    2 => tile::<2, FORMAT>(w, x, out, ahead),
+                    3 => tile::<3, FORMAT>(w, x, out, ahead),
+                    _ => tile::<4, FORMAT>(w, x, out, ahead),
                 }
             }
         }
@@ -568,6 +626,7 @@ impl Matrix {
     ) {
         debug_assert_eq!(x.cols, self.cols);
         let kernel = kernel.checked();
+        let ahead = prefetch_ahead();
         let tokens = x.tokens();
         let blocks = self.cols / BLOCK;
         let mut results = [[0.0f32; TILE]; TOKENS_PER_PASS];
@@ -585,7 +644,7 @@ impl Matrix {
                     s: &x.s[t0 * blocks..(t0 + n) * blocks],
                     h: &x.h[t0 * blocks..(t0 + n) * blocks],
                 };
-                tile_product(kernel, segment.format, w, xs, &mut results[..n]);
+                tile_product(kernel, segment.format, w, xs, &mut results[..n], ahead);
                 for (j, result) in results[..n].iter().enumerate() {
                     // SAFETY: the caller guarantees `out` covers rows `tile*TILE..+valid` of
                     // token `t0 + j` and that nobody else touches them.
@@ -661,13 +720,20 @@ fn code(format: Format, codes: &[u8], r: usize, c: usize) -> i32 {
     }
 }
 
-/// One tile times up to [`TOKENS_PER_PASS`] tokens.
-fn tile_product(kernel: Kernel, format: Format, w: &[u8], x: Rows, out: &mut [[f32; TILE]]) {
+/// One tile times up to [`TOKENS_PER_PASS`] tokens (`ahead`: see [`prefetch_ahead`]).
+fn tile_product(
+    kernel: Kernel,
+    format: Format,
+    w: &[u8],
+    x: Rows,
+    out: &mut [[f32; TILE]],
+    ahead: usize,
+) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Vnni => crate::avx512::tile_product(format, w, x, out),
+        Kernel::Avx512Vnni => crate::avx512::tile_product(format, w, x, out, ahead),
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => crate::avx2::tile_product(format, w, x, out),
+        Kernel::Avx2 => crate::avx2::tile_product(format, w, x, out, ahead),
         _ => portable_tile_product(format, w, x, out),
     }
 }
@@ -1338,6 +1404,30 @@ pub(crate) mod tests {
             let err = Matrix::synthetic(Format::Int4, rows, cols, 1).unwrap_err();
             assert!(err.to_string().contains("multiples"), "{err}");
         }
+    }
+
+    /// AMD CPUs go without requests ahead, others ask 4 KB on; either way the kernels give
+    /// the same results.
+    #[test]
+    fn prefetching_is_off_on_amd_and_never_changes_a_result() {
+        if let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") {
+            let amd = cpuinfo.contains("AuthenticAMD");
+            assert_eq!(default_prefetch_ahead() == 0, amd, "AMD: {amd}");
+        }
+        let m = Matrix::synthetic(Format::Int6, 64, 4864, 3).unwrap();
+        let (a, _) = activations(1, 4864, 8);
+        let mut results = Vec::new();
+        for ahead in [0, PREFETCH_AHEAD, 64] {
+            set_prefetch_ahead(ahead);
+            assert_eq!(prefetch_ahead(), ahead);
+            for kernel in simd_kernels() {
+                let mut out = vec![0.0; 64];
+                m.multiply(kernel, a.rows(1), &mut out, Write::Store);
+                results.push(out);
+            }
+        }
+        set_prefetch_ahead(default_prefetch_ahead());
+        assert!(results.windows(2).all(|w| w[0] == w[1]));
     }
 
     fn compare_with_portable(kernel: Kernel) {

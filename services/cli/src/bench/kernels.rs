@@ -25,6 +25,10 @@ pub struct KernelsArgs {
     /// MB of weights per format, far more than the caches hold.
     #[arg(long, default_value_t = 256)]
     mb: usize,
+    /// Bytes ahead of their weights the kernels ask for more (0: none; default: the engine's
+    /// choice for this CPU).
+    #[arg(long)]
+    prefetch: Option<usize>,
 }
 
 /// The formats, with the row length of the matrices that hold them in the default model
@@ -57,10 +61,14 @@ pub fn run(args: KernelsArgs) -> Result<()> {
         .threads
         .unwrap_or_else(companion_language::compute_threads)
         .max(1);
+    if let Some(bytes) = args.prefetch {
+        companion_engine::matrix::set_prefetch_ahead(bytes);
+    }
     let kernel = Kernel::detect();
     println!(
-        "kernel: {}; {} MB of weights per format; {threads} threads; {} rounds",
+        "kernel: {}, asking {} bytes ahead; {} MB of weights per format; {threads} threads; {} rounds",
         kernel.as_str(),
+        companion_engine::matrix::prefetch_ahead(),
         args.mb,
         args.rounds
     );
@@ -213,6 +221,7 @@ mod tests {
             threads: Some(1),
             rounds: 0,
             mb: 1,
+            prefetch: None,
         })
         .unwrap_err();
         assert!(err.to_string().contains("--rounds"), "{err}");

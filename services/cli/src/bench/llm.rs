@@ -51,6 +51,10 @@ pub struct LlmArgs {
     max_new_tokens: usize,
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Bytes ahead of their weights the engine's kernels ask for more (0: none; default: the
+    /// engine's choice for this CPU).
+    #[arg(long)]
+    prefetch: Option<usize>,
     /// Leave out the peer (llama.cpp through its Python binding, built here on first use).
     #[arg(long)]
     no_peer: bool,
@@ -80,6 +84,9 @@ pub fn run(args: LlmArgs, models_dir: &Path) -> Result<()> {
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
+    if let Some(bytes) = args.prefetch {
+        companion_engine::matrix::set_prefetch_ahead(bytes);
+    }
     let path = resolve_model(&args.llm_model, LLM_ROLE, &ModelCache::new(models_dir))?;
     let weight_bytes = bytes_read_per_token(&path)?;
     let threads = args
@@ -101,9 +108,10 @@ pub fn run(args: LlmArgs, models_dir: &Path) -> Result<()> {
             let native = Native::load(&path, args.threads)?;
             let model = native.model();
             println!(
-                "engine: reads {:.0} MB of weights a token (the file's blocks repacked into int8/int6/int5/int4 tiles; {} kernel)",
+                "engine: reads {:.0} MB of weights a token (the file's blocks repacked into int8/int6/int5/int4 tiles; {} kernel, asking {} bytes ahead)",
                 model.weight_bytes() as f64 / 1e6,
-                model.kernel().as_str()
+                model.kernel().as_str(),
+                companion_engine::matrix::prefetch_ahead()
             );
             Box::new(native) as Box<dyn TextGenerator>
         } else {
