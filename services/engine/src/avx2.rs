@@ -13,8 +13,9 @@
 //! product directly, with no offset to cancel. Activation codes stay within ±127
 //! ([`crate::activations::quantize`]); −128 would give a wrong sign there.
 //!
-//! The fifth and sixth bits of Int5 and Int6 come from their 64-bit masks, 32 bits a half:
-//! each byte picks its mask byte by a shuffle and its bit by a compare, and adds 16 (or 32).
+//! The fifth bits of Int5 come from their 64-bit masks, 32 bits a half: each byte picks its
+//! mask byte by a shuffle and its bit by a compare, and adds 16. Int6 codes are masked out of
+//! their bytes, or put together from the bytes' top bits and a nibble (see `matrix.rs`).
 //! Everything after the integer sums is the AVX-512 kernel's arithmetic, eight rows at a time,
 //! so both give the portable kernel's results bit for bit.
 
@@ -40,6 +41,29 @@ fn bits_to_bytes(bits: u32, add: __m256i) -> __m256i {
     _mm256_and_si256(set, add)
 }
 
+/// An Int6 group's codes (half `v` of its bytes): the first half block's, masked out of the
+/// bytes, and the second's, their top two bits from the bytes' bits 6–7 and the rest from
+/// the nibbles at `nibbles` (low nibbles for an even group, high for an odd one).
+///
+/// # Safety
+/// `nibbles` must be valid for reading 32 bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn codes_of_int6(v: __m256i, nibbles: *const u8, odd: usize) -> (__m256i, __m256i) {
+    let nibble = _mm256_set1_epi8(15);
+    // SAFETY: the caller's promise.
+    let n = unsafe { _mm256_loadu_si256(nibbles as *const __m256i) };
+    let n = if odd == 1 {
+        _mm256_and_si256(_mm256_srli_epi16(n, 4), nibble)
+    } else {
+        _mm256_and_si256(n, nibble)
+    };
+    let top = _mm256_and_si256(_mm256_srli_epi16(v, 2), _mm256_set1_epi8(0x30));
+    (
+        _mm256_and_si256(v, _mm256_set1_epi8(63)),
+        _mm256_or_si256(top, n),
+    )
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile<const N: usize, const FORMAT: u8>(
     w: &[u8],
@@ -56,7 +80,6 @@ unsafe fn tile<const N: usize, const FORMAT: u8>(
     // Int8 codes are multiplied as signed values, so nothing is subtracted for them.
     let offset = if FORMAT == INT8 { 0 } else { format.offset() };
     let sixteen = _mm256_set1_epi8(16);
-    let thirty_two = _mm256_set1_epi8(32);
     let nibble = _mm256_set1_epi8(15);
     let flip = _mm256_set1_epi8(-128);
     let ones = _mm256_set1_epi16(1);
@@ -119,22 +142,22 @@ unsafe fn tile<const N: usize, const FORMAT: u8>(
                 for g in 0..4 {
                     for h in 0..2 {
                         let v = _mm256_loadu_si256(codes.add(64 * g + 32 * h) as *const __m256i);
-                        let mut low = _mm256_and_si256(v, nibble);
-                        let mut high = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
-                        if FORMAT == INT5 || FORMAT == INT6 {
+                        let (low, high) = if FORMAT == INT6 {
+                            codes_of_int6(v, codes.add(256 + 64 * (g / 2) + 32 * h), g % 2)
+                        } else {
+                            (
+                                _mm256_and_si256(v, nibble),
+                                _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble),
+                            )
+                        };
+                        let (mut low, mut high) = (low, high);
+                        if FORMAT == INT5 {
                             // The fifth bits (mask 2g for the low nibbles, 2g + 1 for the
                             // high ones, 32 bits a half).
                             let k_low = masks.add(4 * g + h).read_unaligned();
                             let k_high = masks.add(4 * g + 2 + h).read_unaligned();
                             low = _mm256_or_si256(low, bits_to_bytes(k_low, sixteen));
                             high = _mm256_or_si256(high, bits_to_bytes(k_high, sixteen));
-                        }
-                        if FORMAT == INT6 {
-                            // The sixth bits, eight masks on.
-                            let k_low = masks.add(16 + 4 * g + h).read_unaligned();
-                            let k_high = masks.add(16 + 4 * g + 2 + h).read_unaligned();
-                            low = _mm256_or_si256(low, bits_to_bytes(k_low, thirty_two));
-                            high = _mm256_or_si256(high, bits_to_bytes(k_high, thirty_two));
                         }
                         for j in 0..N {
                             let (l, u) = (

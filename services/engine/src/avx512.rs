@@ -4,9 +4,10 @@
 //! sum starts at `-offset × Σ x` and each 64-byte group of weight codes is multiplied with the
 //! token's four matching activation codes (one 32-bit broadcast) by `vpdpbusd`; the 16 sums
 //! then go to f32 and are added, times scale × activation scale, with one FMA. The loads of
-//! the weights are shared by up to four tokens (prompt processing). Int4, Int5 and Int6 unpack
-//! two nibbles per byte first, Int5 and Int6 adding the fifth (and sixth) bits with masked byte
-//! adds; Int4Affine adds its terms times the activation sum with a second FMA, Int6 the sums of
+//! the weights are shared by up to four tokens (prompt processing). Int4 and Int5 unpack two
+//! nibbles per byte first, Int5 adding the fifth bits with masked byte adds; Int6 masks its
+//! first half's codes out of their bytes and puts the second half's together from the top bits
+//! of those and a nibble plane; Int4Affine adds its terms times the activation sum with a second FMA, Int6 the sums of
 //! its second half block times their own scales. The low and high nibbles (the first and second
 //! half of a block) go to two chains of sums, so no chain waits on more than four `vpdpbusd`.
 //! Each block asks for the weights some kilobytes on, except on AMD CPUs
@@ -32,7 +33,8 @@ unsafe fn tile<const N: usize, const FORMAT: u8>(
     let block_bytes = format.block_bytes();
     let offset = format.offset();
     let sixteen = _mm512_set1_epi8(16);
-    let thirty_two = _mm512_set1_epi8(32);
+    let six_bits = _mm512_set1_epi8(63);
+    let top_two = _mm512_set1_epi8(0x30);
     let nibble = _mm512_set1_epi8(15);
     let mut acc = [_mm512_setzero_ps(); N];
     let w = w.as_ptr();
@@ -70,25 +72,40 @@ unsafe fn tile<const N: usize, const FORMAT: u8>(
                 let at = q.add(j * x.cols + b * BLOCK + 4 * g) as *const i32;
                 _mm512_set1_epi32(at.read_unaligned())
             };
-            if FORMAT != INT8 {
+            if FORMAT == INT6 {
+                for pair in 0..2 {
+                    let nibbles = _mm512_loadu_si512(codes.add(256 + 64 * pair) as *const _);
+                    for half in 0..2 {
+                        let g = 2 * pair + half;
+                        let v = _mm512_loadu_si512(codes.add(64 * g) as *const _);
+                        let low = _mm512_and_si512(v, six_bits);
+                        let n = if half == 0 {
+                            _mm512_and_si512(nibbles, nibble)
+                        } else {
+                            _mm512_and_si512(_mm512_srli_epi16(nibbles, 4), nibble)
+                        };
+                        // Bits 4–5 from the byte's top two, the others from the nibble (whose
+                        // bits 6–7 are clear): `select ? a : b` is truth table 0xE4.
+                        let high =
+                            _mm512_ternarylogic_epi32::<0xE4>(_mm512_srli_epi16(v, 2), n, top_two);
+                        for (j, (s, h)) in sums.iter_mut().zip(&mut more).enumerate() {
+                            *s = _mm512_dpbusd_epi32(*s, low, group(j, g));
+                            *h = _mm512_dpbusd_epi32(*h, high, group(j, g + 4));
+                        }
+                    }
+                }
+            } else if FORMAT != INT8 {
                 let masks = codes.add(256) as *const u64;
                 for g in 0..4 {
                     let v = _mm512_loadu_si512(codes.add(64 * g) as *const _);
                     let mut low = _mm512_and_si512(v, nibble);
                     let mut high = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
-                    if FORMAT == INT5 || FORMAT == INT6 {
+                    if FORMAT == INT5 {
                         // The fifth bits: 16 added where a mask bit is set.
                         let k_low = _cvtu64_mask64(masks.add(2 * g).read_unaligned());
                         let k_high = _cvtu64_mask64(masks.add(2 * g + 1).read_unaligned());
                         low = _mm512_mask_add_epi8(low, k_low, low, sixteen);
                         high = _mm512_mask_add_epi8(high, k_high, high, sixteen);
-                    }
-                    if FORMAT == INT6 {
-                        // The sixth bits: 32.
-                        let k_low = _cvtu64_mask64(masks.add(8 + 2 * g).read_unaligned());
-                        let k_high = _cvtu64_mask64(masks.add(9 + 2 * g).read_unaligned());
-                        low = _mm512_mask_add_epi8(low, k_low, low, thirty_two);
-                        high = _mm512_mask_add_epi8(high, k_high, high, thirty_two);
                     }
                     for (j, (s, h)) in sums.iter_mut().zip(&mut more).enumerate() {
                         *s = _mm512_dpbusd_epi32(*s, low, group(j, g));

@@ -25,10 +25,13 @@
 //! * [`Format::Int4Affine`]: Int4 with a second f16 per row and block after the scales, a term
 //!   added to every value (`scale × (code − 8) + term`), multiplied by the block's activation
 //!   sum: Q4_K's sub-blocks (a 6-bit scale and minimum each) at 5 bits per weight.
-//! * [`Format::Int6`]: the Int4 nibbles of the values plus 32, the Int5 masks of their fifth
-//!   bits and eight more of their sixth; the scales are those of the first 16 columns (the low
-//!   nibbles) and a second f16 per row and block follows for the last 16: Q6_K's sub-blocks of
-//!   16 values at 7 bits per weight.
+//! * [`Format::Int6`]: the values plus 32, six bits each. The first 16 columns of a block are
+//!   bytes in Int8's order (four groups), each with the top two bits of the matching code of
+//!   the last 16 columns in its bits 6–7; the low four bits of those follow as nibbles, two 64-byte
+//!   planes, group `2i` in the low and `2i + 1` in the high nibbles of plane `i`. A code of
+//!   the first half is one AND, of the second a shift and one three-way bit select
+//!   (`vpternlogd`). The scales are those of the first 16 columns, and a second f16 per row
+//!   and block follows for the last 16: Q6_K's sub-blocks of 16 values at 7 bits per weight.
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes, hence the offsets: the weight codes are
 //! stored unsigned and the product of the offset with the activation codes, `offset × Σ x`,
@@ -710,12 +713,15 @@ fn code(format: Format, codes: &[u8], r: usize, c: usize) -> i32 {
             i32::from(nibble | (high << 4)) - 16
         }
         Format::Int6 => {
-            let byte = codes[((c % 16) / 4) * 64 + 4 * r + c % 4];
-            let nibble = if c < 16 { byte & 15 } else { byte >> 4 };
-            let (mask, bit) = (2 * ((c % 16) / 4) + c / 16, 4 * r + c % 4);
-            let fifth = (codes[256 + 8 * mask + bit / 8] >> (bit % 8)) & 1;
-            let sixth = (codes[320 + 8 * mask + bit / 8] >> (bit % 8)) & 1;
-            i32::from(nibble | (fifth << 4) | (sixth << 5)) - 32
+            let (group, at) = ((c % 16) / 4, 4 * r + c % 4);
+            let byte = codes[64 * group + at];
+            let code = if c < 16 {
+                byte & 63
+            } else {
+                let nibbles = codes[256 + 64 * (group / 2) + at];
+                ((nibbles >> (4 * (group % 2))) & 15) | ((byte >> 6) << 4)
+            };
+            i32::from(code) - 32
         }
     }
 }
@@ -814,7 +820,16 @@ fn interleave(
                         dst[(c / 4) * 64 + 4 * r + c % 4] = (i32::from(v) + 128) as u8;
                     }
                 }
-                Format::Int4 | Format::Int5 | Format::Int4Affine | Format::Int6 => {
+                Format::Int6 => {
+                    for c in 0..16 {
+                        let low = (i32::from(row[c]) + 32) as u8;
+                        let high = (i32::from(row[c + 16]) + 32) as u8;
+                        let (group, at) = (c / 4, 4 * r + c % 4);
+                        dst[64 * group + at] = low | ((high >> 4) << 6);
+                        dst[256 + 64 * (group / 2) + at] |= (high & 15) << (4 * (group % 2));
+                    }
+                }
+                Format::Int4 | Format::Int5 | Format::Int4Affine => {
                     let offset = format.offset();
                     for c in 0..16 {
                         let low = (i32::from(row[c]) + offset) as u8;
@@ -822,12 +837,9 @@ fn interleave(
                         let at = (c / 4) * 64 + 4 * r + c % 4;
                         dst[at] = (low & 15) | ((high & 15) << 4);
                         let bit = 4 * r + c % 4;
-                        for (mask, code) in [(2 * (c / 4), low), (2 * (c / 4) + 1, high)] {
-                            if matches!(format, Format::Int5 | Format::Int6) {
+                        if format == Format::Int5 {
+                            for (mask, code) in [(2 * (c / 4), low), (2 * (c / 4) + 1, high)] {
                                 dst[256 + 8 * mask + bit / 8] |= ((code >> 4) & 1) << (bit % 8);
-                            }
-                            if format == Format::Int6 {
-                                dst[320 + 8 * mask + bit / 8] |= ((code >> 5) & 1) << (bit % 8);
                             }
                         }
                     }
