@@ -142,7 +142,7 @@ unsafe fn tile<const N: usize, const FORMAT: u8>(
                 for g in 0..4 {
                     for h in 0..2 {
                         let v = _mm256_loadu_si256(codes.add(64 * g + 32 * h) as *const __m256i);
-                        let (low, high) = if FORMAT == INT6 {
+                        let (mut low, mut high) = if FORMAT == INT6 {
                             codes_of_int6(v, codes.add(256 + 64 * (g / 2) + 32 * h), g % 2)
                         } else {
                             (
@@ -150,7 +150,6 @@ unsafe fn tile<const N: usize, const FORMAT: u8>(
                                 _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble),
                             )
                         };
-                        let (mut low, mut high) = (low, high);
                         if FORMAT == INT5 {
                             // The fifth bits (mask 2g for the low nibbles, 2g + 1 for the
                             // high ones, 32 bits a half).

@@ -7,9 +7,10 @@
 //! the weights are shared by up to four tokens (prompt processing). Int4 and Int5 unpack two
 //! nibbles per byte first, Int5 adding the fifth bits with masked byte adds; Int6 masks its
 //! first half's codes out of their bytes and puts the second half's together from the top bits
-//! of those and a nibble plane; Int4Affine adds its terms times the activation sum with a second FMA, Int6 the sums of
-//! its second half block times their own scales. The low and high nibbles (the first and second
-//! half of a block) go to two chains of sums, so no chain waits on more than four `vpdpbusd`.
+//! of those and a nibble plane. Int4Affine adds its terms times the activation sum with a
+//! second FMA, Int6 the sums of its second half block times their own scales. The first and
+//! second half of a block go to two chains of sums, so no chain waits on more than four
+//! `vpdpbusd`.
 //! Each block asks for the weights some kilobytes on, except on AMD CPUs
 //! (`matrix::prefetch_ahead`).
 

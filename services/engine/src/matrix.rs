@@ -27,9 +27,9 @@
 //!   sum: Q4_K's sub-blocks (a 6-bit scale and minimum each) at 5 bits per weight.
 //! * [`Format::Int6`]: the values plus 32, six bits each. The first 16 columns of a block are
 //!   bytes in Int8's order (four groups), each with the top two bits of the matching code of
-//!   the last 16 columns in its bits 6–7; the low four bits of those follow as nibbles, two 64-byte
-//!   planes, group `2i` in the low and `2i + 1` in the high nibbles of plane `i`. A code of
-//!   the first half is one AND, of the second a shift and one three-way bit select
+//!   the last 16 columns in its bits 6–7; the low four bits of those follow as nibbles in two
+//!   64-byte planes, group `2i` in the low and `2i + 1` in the high nibbles of plane `i`. A
+//!   code of the first half is one AND, of the second a shift and one three-way bit select
 //!   (`vpternlogd`). The scales are those of the first 16 columns, and a second f16 per row
 //!   and block follows for the last 16: Q6_K's sub-blocks of 16 values at 7 bits per weight.
 //!
