@@ -559,7 +559,7 @@ impl Matrix {
     pub fn synthetic(format: Format, rows: usize, cols: usize, seed: u64) -> Result<Matrix> {
         if rows == 0 || !rows.is_multiple_of(TILE) || cols == 0 || !cols.is_multiple_of(BLOCK) {
             return Err(Error::InvalidInput(format!(
-                "a synthetic matrix needs rows in multiples of {TILE} and columns in multiples                  of {BLOCK}, not {rows} × {cols}"
+                "a synthetic matrix needs rows in multiples of {TILE} and columns in multiples of {BLOCK}, not {rows} × {cols}"
             )));
         }
         let mut state = seed | 1;

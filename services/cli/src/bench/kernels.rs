@@ -74,9 +74,9 @@ pub fn run(args: KernelsArgs) -> Result<()> {
     );
     let mut memory = MemoryReader::new(threads);
     let mut rows: Vec<(Format, f64, Vec<Round>)> = Vec::new();
+    let share = (args.mb << 20) / threads;
     for (format, cols) in FORMATS {
         // One matrix per thread, so the threads share no rows and no unsafe split is needed.
-        let share = (args.mb << 20) / threads;
         let matrices = (0..threads)
             .map(|i| synthetic(format, cols, share, i as u64))
             .collect::<Result<Vec<_>>>()?;
