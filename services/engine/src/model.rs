@@ -821,15 +821,18 @@ impl Model {
 /// Most weight bytes a thread claims at once (a few microseconds of reading).
 const CLAIM_BYTES: usize = 256 << 10;
 
-/// Most weight bytes of a product that are a thread's own, computed first: what it prefetches
-/// while waiting for the product (well within a core's L2 cache).
-const OWN_BYTES: usize = 256 << 10;
+/// Most weight bytes of its own part of a product a thread prefetches while waiting for the
+/// product (well within a core's L2 cache).
+const AHEAD_BYTES: usize = 256 << 10;
 
 /// How a product is handed out, in units of `unit` tiles: each thread first computes its own
-/// `own` units (thread `i` the `i`-th part), which it can prefetch before the product starts;
-/// then the threads claim runs of `run` units from a counter as they become free, so a thread
-/// slowed down (another process on its core) takes fewer instead of holding the others at the
-/// barrier.
+/// `own` units, seven eighths of a fair share in one contiguous part (thread `i` the `i`-th),
+/// whose start it can prefetch before the product starts; then the threads claim runs of `run`
+/// units of the last eighth from a counter as they become free, so a thread slowed down
+/// (another process on its core) takes fewer instead of holding the others at the barrier.
+/// One long part a thread reads at the speed of its prefetchers; when memory is fast, own
+/// parts capped at 256 KB with the rest claimed in runs gave 7 % fewer tokens a second
+/// (docs/BENCHMARKS.md).
 struct Plan {
     unit: usize,
     tiles: usize,
@@ -846,7 +849,7 @@ impl Plan {
         // An eighth of a fair share, but no more than CLAIM_BYTES: the last claim of a large
         // matrix (the output, 145 MB) would otherwise keep the other threads waiting for it.
         let run = (units / (8 * threads)).clamp(1, (CLAIM_BYTES / unit_bytes).max(1));
-        let own = (units / threads).min(OWN_BYTES / unit_bytes);
+        let own = units * 7 / (8 * threads);
         Plan {
             unit,
             tiles,
@@ -912,10 +915,12 @@ impl<'a> Ahead<'a> {
     /// Cache lines a step prefetches.
     const LINES: usize = 16;
 
-    /// Prefetches the own units of this thread in `matrix`'s product (see [`Plan`]) from now on.
+    /// Prefetches the start of this thread's own units in `matrix`'s product (see [`Plan`])
+    /// from now on.
     fn aim(&mut self, m: &Member, matrix: &'a Matrix, unit: usize) {
         let plan = Plan::new(matrix, unit, m.threads);
-        self.bytes = matrix.tile_data(plan.tiles(plan.own(m.id)));
+        let bytes = matrix.tile_data(plan.tiles(plan.own(m.id)));
+        self.bytes = &bytes[..bytes.len().min(AHEAD_BYTES)];
     }
 
     fn step(&mut self) {
@@ -1086,8 +1091,8 @@ mod tests {
     use crate::matrix::tests::blocks;
 
     /// Every row computed once, whoever computes it: the team's product equals one thread's,
-    /// for teams of 1 to 3, units of 1 and 4 tiles, and a matrix with more than OWN_BYTES a
-    /// thread.
+    /// for teams of 1 to 3, units of 1 and 4 tiles, and own parts longer than what a thread
+    /// prefetches (AHEAD_BYTES).
     #[test]
     fn the_team_computes_every_row_once() {
         let (rows, cols) = (1000, 2048);
@@ -1100,7 +1105,7 @@ mod tests {
             bytes: &bytes,
         }])
         .unwrap();
-        assert!(matrix.bytes() > 2 * OWN_BYTES);
+        assert!(matrix.bytes() > 3 * AHEAD_BYTES);
         let mut x = Activations::new(2, cols);
         for t in 0..2 {
             x.set(
