@@ -24,6 +24,7 @@ mod avx2;
 mod avx512;
 mod error;
 pub mod model;
+mod pages;
 mod team;
 
 pub use activations::{Activations, Rows};

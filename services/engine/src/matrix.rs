@@ -56,6 +56,7 @@ use half::f16;
 
 use crate::activations::Rows;
 use crate::error::{Error, Result};
+use crate::pages::Pages;
 
 /// Rows per tile.
 pub const TILE: usize = 16;
@@ -363,7 +364,7 @@ pub struct Matrix {
     rows: usize,
     cols: usize,
     segments: Vec<Segment>,
-    data: Vec<u8>,
+    data: Pages,
 }
 
 /// Tiles of one format: from `first` (a tile index) on, stored from byte `at` of the data.
@@ -462,7 +463,7 @@ impl Matrix {
             tiles += n;
             bytes += n * blocks * format.block_bytes();
         }
-        let mut data = vec![0u8; bytes];
+        let mut data = Pages::zeroed(bytes);
 
         // Which part, and which row of it, each matrix row comes from.
         let mut origin = Vec::with_capacity(rows);
@@ -476,7 +477,7 @@ impl Matrix {
             rows,
             cols,
             segments,
-            data: Vec::new(),
+            data: Pages::zeroed(0),
         };
         for tile in 0..tiles {
             let (segment, range) = matrix.locate(tile);
@@ -586,7 +587,7 @@ impl Matrix {
                 first: 0,
                 at: 0,
             }],
-            data,
+            data: Pages::copy_of(&data),
         })
     }
 
@@ -1409,8 +1410,8 @@ pub(crate) mod tests {
             }
         }
         assert_ne!(
-            Matrix::synthetic(Format::Int8, 32, cols, 1).unwrap().data,
-            Matrix::synthetic(Format::Int8, 32, cols, 2).unwrap().data
+            *Matrix::synthetic(Format::Int8, 32, cols, 1).unwrap().data,
+            *Matrix::synthetic(Format::Int8, 32, cols, 2).unwrap().data
         );
         for (rows, cols) in [(0, 32), (20, 32), (16, 0), (16, 40)] {
             let err = Matrix::synthetic(Format::Int4, rows, cols, 1).unwrap_err();
