@@ -48,6 +48,7 @@
 //! tile share the format that holds both.
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::Device;
@@ -56,7 +57,7 @@ use half::f16;
 
 use crate::activations::Rows;
 use crate::error::{Error, Result};
-use crate::pages::Pages;
+use crate::pages::{Pages, Region};
 
 /// Rows per tile.
 pub const TILE: usize = 16;
@@ -409,6 +410,11 @@ impl Matrix {
     /// A part starts a segment of its own format where it starts a tile and its format differs
     /// from the segment before; otherwise it joins that segment, whose format then holds both.
     pub fn pack(parts: &[Stored]) -> Result<Matrix> {
+        Matrix::pack_in(parts, None)
+    }
+
+    /// [`Matrix::pack`] into memory carved from `region` (a model's matrices share one).
+    pub(crate) fn pack_in(parts: &[Stored], region: Option<&Arc<Region>>) -> Result<Matrix> {
         let first = parts
             .first()
             .ok_or_else(|| Error::InvalidInput("a matrix needs at least one part".into()))?;
@@ -463,7 +469,7 @@ impl Matrix {
             tiles += n;
             bytes += n * blocks * format.block_bytes();
         }
-        let mut data = Pages::zeroed(bytes);
+        let mut data = Pages::zeroed(bytes, region);
 
         // Which part, and which row of it, each matrix row comes from.
         let mut origin = Vec::with_capacity(rows);
@@ -477,7 +483,7 @@ impl Matrix {
             rows,
             cols,
             segments,
-            data: Pages::zeroed(0),
+            data: Pages::zeroed(0, None),
         };
         for tile in 0..tiles {
             let (segment, range) = matrix.locate(tile);

@@ -29,6 +29,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -38,6 +39,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use crate::activations::{Activations, Rows, quantize};
 use crate::error::{Error, Result};
 use crate::matrix::{BLOCK, Kernel, Matrix, Stored, TILE, Write, dequantize};
+use crate::pages::Region;
 use crate::team::{self, Member, Shared};
 
 /// Most prompt tokens computed in one pass.
@@ -239,6 +241,8 @@ impl Session {
 
 /// Reads tensors of a GGUF file.
 struct Reader<'a> {
+    /// Where the matrices' tiles go, one after another.
+    region: Arc<Region>,
     file: File,
     content: Content,
     path: &'a Path,
@@ -325,7 +329,7 @@ impl Reader<'_> {
                 bytes,
             })
             .collect();
-        Matrix::pack(&parts)
+        Matrix::pack_in(&parts, Some(&self.region))
     }
 
     /// The matrices of `names`, each `rows × cols`, with their rows interleaved `every` at a
@@ -352,7 +356,7 @@ impl Reader<'_> {
                 });
             }
         }
-        Matrix::pack(&parts)
+        Matrix::pack_in(&parts, Some(&self.region))
     }
 
     /// The raw bytes of each of `names`, checked to be `rows[i] × cols`.
@@ -397,7 +401,17 @@ impl Model {
     pub fn read(file: File, content: Content, path: &Path, kernel: Kernel) -> Result<Model> {
         let started = Instant::now();
         let mut config = Config::from_metadata(&content.metadata)?;
+        // Repacked, a matrix takes at most about twice its bytes in the file (Q4_1, 5 bits a
+        // weight, as Int8 with its scales); the region reserves address space only.
+        let file_bytes = file
+            .metadata()
+            .map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len() as usize;
         let mut r = Reader {
+            region: Region::reserve(2 * file_bytes),
             file,
             content,
             path,

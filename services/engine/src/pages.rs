@@ -1,66 +1,94 @@
-//! Zeroed memory for a matrix's weights, in 2 MB pages where the system gives them.
+//! Zeroed memory for the weights, in 2 MB pages where the system gives them.
 //!
 //! A generated token reads every weight once, a few hundred megabytes, so with 4 KB pages
 //! every 4 KB of weights costs a TLB miss and a page walk; in a virtual machine a walk goes
-//! through two sets of page tables. On Linux the weights are mapped at a 2 MB boundary and
-//! marked for transparent huge pages (`MADV_HUGEPAGE`, which the default `madvise` mode of
-//! transparent huge pages honours): whole 2 MB ranges of the mapping get 2 MB pages, the last
-//! part of a mapping that does not fill one keeps 4 KB pages, so no memory is added. Elsewhere,
-//! or if the mapping fails, the weights live on the heap as before.
+//! through two sets of page tables. On Linux a model's matrices are carved one after another
+//! from one [`Region`]: a mapping that starts at a 2 MB boundary and is marked for transparent
+//! huge pages (`MADV_HUGEPAGE`, which the default `madvise` mode honours), so every whole 2 MB
+//! of weights gets one page and only the region's last, partly used one adds memory. The
+//! region reserves address space only: pages nobody writes cost nothing. Elsewhere, or if
+//! the mapping fails, the weights live on the heap.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
 /// The size of a huge page on x86-64 and most AArch64 Linux systems.
 const HUGE_PAGE: usize = 2 << 20;
 
-/// `len` zeroed bytes, mapped for huge pages where possible.
-pub(crate) struct Pages {
-    storage: Storage,
-}
+/// Where each carved part starts: a cache line.
+const ALIGN: usize = 64;
 
-enum Storage {
-    Heap(Vec<u8>),
+/// Address space that [`Pages`] are carved from in order, mapped for huge pages.
+pub(crate) struct Region {
     #[cfg(target_os = "linux")]
-    Mapped {
-        ptr: std::ptr::NonNull<u8>,
-        len: usize,
-        mapped: usize,
-    },
+    mapping: Option<Mapping>,
+    used: std::sync::atomic::AtomicUsize,
 }
 
-// SAFETY: a mapping is owned memory like a Vec's: only reachable through `&self`/`&mut self`.
-unsafe impl Send for Pages {}
-unsafe impl Sync for Pages {}
+#[cfg(target_os = "linux")]
+struct Mapping {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
 
-impl Pages {
-    /// `len` zeroed bytes; mappings only pay from one huge page on.
-    pub fn zeroed(len: usize) -> Pages {
-        #[cfg(target_os = "linux")]
-        if len >= HUGE_PAGE
-            && let Some(pages) = Pages::map(len)
-        {
-            return pages;
-        }
-        Pages {
-            storage: Storage::Heap(vec![0; len]),
-        }
+// SAFETY: the mapping is owned memory; its bytes are reachable only through the disjoint parts
+// `Region::carve` hands out, each owned by one `Pages`.
+unsafe impl Send for Region {}
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// A region of up to `len` bytes. Without a mapping every carve falls back to the heap.
+    pub fn reserve(len: usize) -> Arc<Region> {
+        Arc::new(Region {
+            #[cfg(target_os = "linux")]
+            mapping: Mapping::new(len),
+            used: Default::default(),
+        })
     }
 
-    /// An anonymous mapping of `len` bytes (rounded up to 4 KB pages) starting at a 2 MB
-    /// boundary, marked for huge pages. `None` if the system refuses the mapping.
-    #[cfg(target_os = "linux")]
-    fn map(len: usize) -> Option<Pages> {
-        let mapped = len.next_multiple_of(4096);
+    /// The next `len` zeroed bytes of the region, or `None` when they do not fit.
+    fn carve(self: &Arc<Region>, len: usize) -> Option<Pages> {
+        #[cfg(target_os = "linux")]
+        if let Some(mapping) = &self.mapping {
+            use std::sync::atomic::Ordering;
+            let take = len.next_multiple_of(ALIGN);
+            let start = self.used.fetch_add(take, Ordering::Relaxed);
+            if start + take <= mapping.len {
+                return Some(Pages {
+                    storage: Storage::Carved {
+                        region: Arc::clone(self),
+                        start,
+                        len,
+                    },
+                });
+            }
+            self.used.fetch_sub(take, Ordering::Relaxed);
+        }
+        let _ = len;
+        None
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Mapping {
+    /// An anonymous mapping of `len` bytes (rounded up to whole huge pages) starting at a 2 MB
+    /// boundary, marked for huge pages. `None` if the system refuses it.
+    fn new(len: usize) -> Option<Mapping> {
+        if len == 0 {
+            return None;
+        }
+        let len = len.next_multiple_of(HUGE_PAGE);
         // Map one huge page more, then give back the parts before the first 2 MB boundary and
         // after the end.
-        let reserve = mapped + HUGE_PAGE;
-        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+        let reserve = len + HUGE_PAGE;
+        // SAFETY: a fresh private anonymous mapping; nothing else refers to it. NORESERVE:
+        // the address space is an upper bound, most of it may stay unused.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 reserve,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )
@@ -71,34 +99,84 @@ impl Pages {
         }
         let start = (base as usize).next_multiple_of(HUGE_PAGE);
         let head = start - base as usize;
-        let tail = reserve - head - mapped;
+        let tail = reserve - head - len;
         // SAFETY: both ranges lie inside the mapping just made and outside the part kept.
         unsafe {
             if head > 0 {
                 libc::munmap(base, head);
             }
             if tail > 0 {
-                libc::munmap((start + mapped) as *mut libc::c_void, tail);
+                libc::munmap((start + len) as *mut libc::c_void, tail);
             }
             // A hint: without transparent huge pages the mapping keeps 4 KB pages.
-            if libc::madvise(start as *mut libc::c_void, mapped, libc::MADV_HUGEPAGE) != 0 {
+            if libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE) != 0 {
                 tracing::debug!("transparent huge pages are not available for the weights");
             }
         }
-        Some(Pages {
-            storage: Storage::Mapped {
-                ptr: std::ptr::NonNull::new(start as *mut u8)?,
-                len,
-                mapped,
-            },
+        Some(Mapping {
+            ptr: std::ptr::NonNull::new(start as *mut u8)?,
+            len,
         })
     }
+}
 
-    /// A copy of `bytes`.
+#[cfg(target_os = "linux")]
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made by `Mapping::new` and is unmapped once, here, when the
+        // last part carved from it is gone.
+        unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) };
+    }
+}
+
+/// `len` zeroed bytes of weights: carved from a [`Region`], or on the heap.
+pub(crate) struct Pages {
+    storage: Storage,
+}
+
+enum Storage {
+    Heap(Vec<u8>),
+    Carved {
+        region: Arc<Region>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl Pages {
+    /// `len` zeroed bytes from `region`, or from a region of their own when `region` is
+    /// `None` or full.
+    pub fn zeroed(len: usize, region: Option<&Arc<Region>>) -> Pages {
+        if let Some(pages) = region.and_then(|r| r.carve(len)) {
+            return pages;
+        }
+        // A region pays from one huge page on.
+        if len >= HUGE_PAGE
+            && let Some(pages) = Region::reserve(len).carve(len)
+        {
+            return pages;
+        }
+        Pages {
+            storage: Storage::Heap(vec![0; len]),
+        }
+    }
+
+    /// A copy of `bytes`, in memory of its own.
     pub fn copy_of(bytes: &[u8]) -> Pages {
-        let mut pages = Pages::zeroed(bytes.len());
+        let mut pages = Pages::zeroed(bytes.len(), None);
         pages.copy_from_slice(bytes);
         pages
+    }
+
+    /// The carved part's first byte.
+    fn carved(region: &Region, start: usize) -> *mut u8 {
+        #[cfg(target_os = "linux")]
+        if let Some(mapping) = &region.mapping {
+            // SAFETY: `carve` only hands out parts inside the mapping.
+            return unsafe { mapping.ptr.as_ptr().add(start) };
+        }
+        let _ = (region, start);
+        unreachable!("a part is only carved from a mapping")
     }
 }
 
@@ -108,10 +186,10 @@ impl Deref for Pages {
     fn deref(&self) -> &[u8] {
         match &self.storage {
             Storage::Heap(v) => v,
-            // SAFETY: the mapping holds `len` readable bytes for as long as `self` lives.
-            #[cfg(target_os = "linux")]
-            Storage::Mapped { ptr, len, .. } => unsafe {
-                std::slice::from_raw_parts(ptr.as_ptr(), *len)
+            // SAFETY: the part holds `len` bytes for as long as `self` (and so the region)
+            // lives, and no other `Pages` holds any of them.
+            Storage::Carved { region, start, len } => unsafe {
+                std::slice::from_raw_parts(Pages::carved(region, *start), *len)
             },
         }
     }
@@ -122,20 +200,9 @@ impl DerefMut for Pages {
         match &mut self.storage {
             Storage::Heap(v) => v,
             // SAFETY: as in `deref`, and `&mut self` makes this the only reference.
-            #[cfg(target_os = "linux")]
-            Storage::Mapped { ptr, len, .. } => unsafe {
-                std::slice::from_raw_parts_mut(ptr.as_ptr(), *len)
+            Storage::Carved { region, start, len } => unsafe {
+                std::slice::from_raw_parts_mut(Pages::carved(region, *start), *len)
             },
-        }
-    }
-}
-
-impl Drop for Pages {
-    fn drop(&mut self) {
-        #[cfg(target_os = "linux")]
-        if let Storage::Mapped { ptr, mapped, .. } = self.storage {
-            // SAFETY: the mapping was made by `map` and is unmapped once, here.
-            unsafe { libc::munmap(ptr.as_ptr() as *mut libc::c_void, mapped) };
         }
     }
 }
@@ -148,10 +215,10 @@ impl Clone for Pages {
 
 impl std::fmt::Debug for Pages {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mapped = !matches!(self.storage, Storage::Heap(_));
+        let carved = matches!(self.storage, Storage::Carved { .. });
         f.debug_struct("Pages")
             .field("len", &self.len())
-            .field("mapped", &mapped)
+            .field("carved", &carved)
             .finish()
     }
 }
@@ -160,29 +227,62 @@ impl std::fmt::Debug for Pages {
 mod tests {
     use super::*;
 
-    #[test]
-    fn pages_are_zeroed_writable_and_copied() {
-        for len in [0, 1, 4095, HUGE_PAGE - 1, HUGE_PAGE, 3 * HUGE_PAGE + 12345] {
-            let mut pages = Pages::zeroed(len);
-            assert_eq!(pages.len(), len);
-            assert!(pages.iter().all(|&b| b == 0), "len {len}");
-            for (i, b) in pages.iter_mut().enumerate() {
-                *b = (i % 251) as u8;
-            }
-            let copy = pages.clone();
-            drop(pages);
-            assert_eq!(copy.len(), len);
-            assert!(copy.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    fn fill(pages: &mut Pages, seed: usize) {
+        for (i, b) in pages.iter_mut().enumerate() {
+            *b = ((i + seed) % 251) as u8;
         }
     }
 
-    #[cfg(target_os = "linux")]
+    fn holds(pages: &Pages, seed: usize) -> bool {
+        pages
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == ((i + seed) % 251) as u8)
+    }
+
     #[test]
-    fn large_weights_start_at_a_huge_page_boundary() {
-        let pages = Pages::zeroed(3 * HUGE_PAGE + 12345);
-        assert!(matches!(pages.storage, Storage::Mapped { .. }));
-        assert_eq!(pages.as_ptr() as usize % HUGE_PAGE, 0);
-        // Small ones stay on the heap: a mapping gains nothing below one huge page.
-        assert!(matches!(Pages::zeroed(4096).storage, Storage::Heap(_)));
+    fn pages_are_zeroed_writable_and_copied() {
+        for len in [0, 1, 4095, HUGE_PAGE - 1, HUGE_PAGE, 3 * HUGE_PAGE + 12345] {
+            let mut pages = Pages::zeroed(len, None);
+            assert_eq!(pages.len(), len);
+            assert!(pages.iter().all(|&b| b == 0), "len {len}");
+            fill(&mut pages, 0);
+            let copy = pages.clone();
+            drop(pages);
+            assert_eq!(copy.len(), len);
+            assert!(holds(&copy, 0));
+        }
+    }
+
+    #[test]
+    fn parts_of_a_region_are_disjoint_and_outlive_it() {
+        let region = Region::reserve(3 * HUGE_PAGE);
+        let lens = [1000, HUGE_PAGE, 5, 300_000];
+        let mut parts: Vec<Pages> = lens
+            .iter()
+            .map(|&len| Pages::zeroed(len, Some(&region)))
+            .collect();
+        // More than is left: memory of its own.
+        let mut extra = Pages::zeroed(2 * HUGE_PAGE, Some(&region));
+        drop(region);
+        for (seed, part) in parts.iter_mut().enumerate() {
+            assert!(part.iter().all(|&b| b == 0));
+            fill(part, seed);
+        }
+        fill(&mut extra, 99);
+        for (seed, (part, len)) in parts.iter().zip(lens).enumerate() {
+            assert_eq!(part.len(), len);
+            assert!(holds(part, seed), "part {seed} was overwritten");
+        }
+        assert!(holds(&extra, 99));
+        #[cfg(target_os = "linux")]
+        {
+            assert!(
+                parts
+                    .iter()
+                    .all(|p| (p.as_ptr() as usize).is_multiple_of(ALIGN))
+            );
+            assert!((parts[0].as_ptr() as usize).is_multiple_of(HUGE_PAGE));
+        }
     }
 }
