@@ -22,6 +22,8 @@ const ALIGN: usize = 64;
 pub(crate) struct Region {
     #[cfg(target_os = "linux")]
     mapping: Option<Mapping>,
+    /// Bytes carved so far (only mappings are carved).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     used: std::sync::atomic::AtomicUsize,
 }
 
