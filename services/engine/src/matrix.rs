@@ -360,7 +360,6 @@ impl Stored<'_> {
 
 /// A weight matrix in the tiled layout, in segments of whole tiles that may each have their
 /// own format (Q, K and V stacked when V has more bits than Q and K).
-#[derive(Clone)]
 pub struct Matrix {
     rows: usize,
     cols: usize,
@@ -570,15 +569,14 @@ impl Matrix {
             )));
         }
         let mut state = seed | 1;
-        let mut data: Vec<u8> = (0..rows / TILE * cols / BLOCK * format.block_bytes())
-            .map(|_| {
-                // xorshift64
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 32) as u8
-            })
-            .collect();
+        let mut data = Pages::zeroed(rows / TILE * cols / BLOCK * format.block_bytes(), None);
+        for byte in data.iter_mut() {
+            // xorshift64
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = (state >> 32) as u8;
+        }
         let small = f16::from_f32(0.01).to_bits().to_le_bytes();
         for block in data.chunks_exact_mut(format.block_bytes()) {
             for half in block[..format.header()].chunks_exact_mut(2) {
@@ -593,7 +591,7 @@ impl Matrix {
                 first: 0,
                 at: 0,
             }],
-            data: Pages::copy_of(&data),
+            data,
         })
     }
 

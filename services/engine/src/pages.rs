@@ -56,10 +56,12 @@ impl Region {
             let take = len.next_multiple_of(ALIGN);
             let start = self.used.fetch_add(take, Ordering::Relaxed);
             if start + take <= mapping.len {
+                // SAFETY: the part lies inside the mapping.
+                let ptr = unsafe { mapping.ptr.add(start) };
                 return Some(Pages {
                     storage: Storage::Carved {
-                        region: Arc::clone(self),
-                        start,
+                        _region: Arc::clone(self),
+                        ptr,
                         len,
                     },
                 });
@@ -138,12 +140,17 @@ pub(crate) struct Pages {
 
 enum Storage {
     Heap(Vec<u8>),
+    /// `len` bytes from `ptr` on, inside the region's mapping, which the `Arc` keeps alive.
     Carved {
-        region: Arc<Region>,
-        start: usize,
+        _region: Arc<Region>,
+        ptr: std::ptr::NonNull<u8>,
         len: usize,
     },
 }
+
+// SAFETY: a carved part is owned memory like a Vec's: no other `Pages` reaches its bytes.
+unsafe impl Send for Pages {}
+unsafe impl Sync for Pages {}
 
 impl Pages {
     /// `len` zeroed bytes from `region`, or from a region of their own when `region` is
@@ -162,24 +169,6 @@ impl Pages {
             storage: Storage::Heap(vec![0; len]),
         }
     }
-
-    /// A copy of `bytes`, in memory of its own.
-    pub fn copy_of(bytes: &[u8]) -> Pages {
-        let mut pages = Pages::zeroed(bytes.len(), None);
-        pages.copy_from_slice(bytes);
-        pages
-    }
-
-    /// The carved part's first byte.
-    fn carved(region: &Region, start: usize) -> *mut u8 {
-        #[cfg(target_os = "linux")]
-        if let Some(mapping) = &region.mapping {
-            // SAFETY: `carve` only hands out parts inside the mapping.
-            return unsafe { mapping.ptr.as_ptr().add(start) };
-        }
-        let _ = (region, start);
-        unreachable!("a part is only carved from a mapping")
-    }
 }
 
 impl Deref for Pages {
@@ -190,8 +179,8 @@ impl Deref for Pages {
             Storage::Heap(v) => v,
             // SAFETY: the part holds `len` bytes for as long as `self` (and so the region)
             // lives, and no other `Pages` holds any of them.
-            Storage::Carved { region, start, len } => unsafe {
-                std::slice::from_raw_parts(Pages::carved(region, *start), *len)
+            Storage::Carved { ptr, len, .. } => unsafe {
+                std::slice::from_raw_parts(ptr.as_ptr(), *len)
             },
         }
     }
@@ -202,26 +191,10 @@ impl DerefMut for Pages {
         match &mut self.storage {
             Storage::Heap(v) => v,
             // SAFETY: as in `deref`, and `&mut self` makes this the only reference.
-            Storage::Carved { region, start, len } => unsafe {
-                std::slice::from_raw_parts_mut(Pages::carved(region, *start), *len)
+            Storage::Carved { ptr, len, .. } => unsafe {
+                std::slice::from_raw_parts_mut(ptr.as_ptr(), *len)
             },
         }
-    }
-}
-
-impl Clone for Pages {
-    fn clone(&self) -> Pages {
-        Pages::copy_of(self)
-    }
-}
-
-impl std::fmt::Debug for Pages {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let carved = matches!(self.storage, Storage::Carved { .. });
-        f.debug_struct("Pages")
-            .field("len", &self.len())
-            .field("carved", &carved)
-            .finish()
     }
 }
 
@@ -243,16 +216,13 @@ mod tests {
     }
 
     #[test]
-    fn pages_are_zeroed_writable_and_copied() {
+    fn pages_are_zeroed_and_writable() {
         for len in [0, 1, 4095, HUGE_PAGE - 1, HUGE_PAGE, 3 * HUGE_PAGE + 12345] {
             let mut pages = Pages::zeroed(len, None);
             assert_eq!(pages.len(), len);
             assert!(pages.iter().all(|&b| b == 0), "len {len}");
             fill(&mut pages, 0);
-            let copy = pages.clone();
-            drop(pages);
-            assert_eq!(copy.len(), len);
-            assert!(holds(&copy, 0));
+            assert!(holds(&pages, 0), "len {len}");
         }
     }
 
