@@ -145,6 +145,8 @@ pub fn structured_with<T: DeserializeOwned>(
 ) -> Result<Structured<T>> {
     let mut usage = Usage::default();
     let started = Instant::now();
+    // Only the first JSON value of an answer is read (see `parse`).
+    let options = &options.clone().until_json();
     let first = generator.chat(messages, options)?;
     usage.add(&first);
     let problem = match parse::<T>(&first.text, &validate) {

@@ -41,6 +41,7 @@ use candle_transformers::models::{quantized_llama, quantized_qwen2};
 
 use crate::chat::{ChatTemplate, IM_END, IM_START, Message};
 use crate::error::{Error, Result};
+use crate::generate::extract_json;
 use crate::threads::configure_threads;
 use crate::tokenizer::{GgufVocab, LlmTokenizer};
 
@@ -77,20 +78,33 @@ pub struct GenerateOptions {
     /// Upper bound on the number of generated tokens (the stop token
     /// included); also bounded by the context window.
     pub max_new_tokens: usize,
+    /// Stop as soon as the text holds a whole JSON object or array (the one
+    /// [`extract_json`](crate::generate::extract_json) takes): a structured answer is read no
+    /// further, and small models often go on writing after it, to the end of their budget.
+    pub until_json: bool,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions {
-            max_new_tokens: 256,
-        }
+        GenerateOptions::max_new_tokens(256)
     }
 }
 
 impl GenerateOptions {
     /// Options with the given token budget.
     pub fn max_new_tokens(max_new_tokens: usize) -> Self {
-        GenerateOptions { max_new_tokens }
+        GenerateOptions {
+            max_new_tokens,
+            until_json: false,
+        }
+    }
+
+    /// These options, stopping once a whole JSON value is written.
+    pub fn until_json(self) -> Self {
+        GenerateOptions {
+            until_json: true,
+            ..self
+        }
     }
 }
 
@@ -103,6 +117,8 @@ pub enum StopReason {
     MaxTokens,
     /// The context window is full.
     ContextFull,
+    /// The text holds a whole JSON value ([`GenerateOptions::until_json`]).
+    JsonComplete,
 }
 
 /// The result of one generation.
@@ -278,8 +294,9 @@ pub(crate) struct Prefilled<'a> {
 
 /// The single-token steps after the prompt, the same for every backend: `step(token, n)`
 /// computes `token`, the `n`-th generated one, and returns the arg-max of its logits.
-/// Generation stops on a stop token, after `options.max_new_tokens` or at `budget` (the end of
-/// the context window); the text is decoded without the stop token.
+/// Generation stops on a stop token, after `options.max_new_tokens`, at `budget` (the end of
+/// the context window) or, with `options.until_json`, once the text holds a whole JSON value;
+/// the text is decoded without the stop token.
 pub(crate) fn decode_greedy(
     tokenizer: &LlmTokenizer,
     runtime: &str,
@@ -295,6 +312,13 @@ pub(crate) fn decode_greedy(
         generated.push(next);
         if tokenizer.is_stop(next) {
             break StopReason::EndOfTurn;
+        }
+        // Only a token that closes a bracket can complete a value.
+        if options.until_json
+            && tokenizer.decode(&[next], true)?.contains(['}', ']'])
+            && extract_json(&tokenizer.decode(&generated, true)?).is_some()
+        {
+            break StopReason::JsonComplete;
         }
         if generated.len() >= budget {
             break if generated.len() == options.max_new_tokens {

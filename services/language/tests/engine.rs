@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::{Arc, OnceLock};
 
+use companion_language::generate::extract_json;
 use companion_language::{
     Error, GenerateOptions, Generation, LlamaCpp, Message, Native, NativeOptions, StopReason,
     load_generator,
@@ -231,6 +232,39 @@ fn stop_reasons() {
         )
         .unwrap();
     assert_eq!(capital.stop, StopReason::EndOfTurn, "{:?}", capital.text);
+}
+
+/// A structured answer ends where its JSON does: the same text as the whole answer up to the
+/// bracket that closes the first JSON value, the same value, fewer tokens.
+#[test]
+fn until_json_stops_where_the_json_value_closes() {
+    let llm = qwen();
+    let ask = [
+        Message::system(
+            "Reply with a JSON object {\"tasks\": [...]} listing what the caller asks for, \
+             then explain your answer in a few sentences.",
+        ),
+        Message::user(VOICEMAILS[0]),
+    ];
+    let options = GenerateOptions::max_new_tokens(200);
+    let whole = llm.chat(&ask, &options).unwrap();
+    let cut = llm.chat(&ask, &options.clone().until_json()).unwrap();
+    assert_eq!(cut.stop, StopReason::JsonComplete, "{:?}", cut.text);
+    let value = extract_json(&cut.text).expect("a JSON value");
+    assert!(cut.text.ends_with(value), "{:?}", cut.text);
+    assert!(whole.text.starts_with(&cut.text), "{whole:?} / {cut:?}");
+    assert_eq!(extract_json(&whole.text), Some(value));
+    assert!(cut.generated_tokens < whole.generated_tokens, "{whole:?}");
+
+    // Without any JSON in the answer, the option changes nothing.
+    let capital = [Message::user(CAPITAL)];
+    let options = GenerateOptions::max_new_tokens(32);
+    assert_eq!(
+        llm.chat(&capital, &options.clone().until_json())
+            .unwrap()
+            .text,
+        llm.chat(&capital, &options).unwrap().text
+    );
 }
 
 #[test]
