@@ -80,7 +80,8 @@ pub struct GenerateOptions {
     pub max_new_tokens: usize,
     /// Stop as soon as the text holds a whole JSON object or array (the one
     /// [`extract_json`](crate::generate::extract_json) takes): a structured answer is read no
-    /// further, and small models often go on writing after it, to the end of their budget.
+    /// further, so what a model writes after it (an explanation, a second answer, the
+    /// end-of-turn token) is not worth generating.
     pub until_json: bool,
 }
 
