@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
-use tracing::{debug, warn};
+use tracing::{debug, trace, warn};
 
 use crate::chat::Message;
 use crate::error::{Error, Result};
@@ -149,6 +149,7 @@ pub fn structured_with<T: DeserializeOwned>(
     let options = &options.clone().until_json();
     let first = generator.chat(messages, options)?;
     usage.add(&first);
+    trace!(answer = %first.text, stop = ?first.stop, "model answer");
     let problem = match parse::<T>(&first.text, &validate) {
         Ok(value) => {
             debug!(

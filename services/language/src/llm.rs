@@ -120,6 +120,9 @@ pub enum StopReason {
     ContextFull,
     /// The text holds a whole JSON value ([`GenerateOptions::until_json`]).
     JsonComplete,
+    /// The model was writing the same tokens over and over (see [`repeated_tail`]); the text
+    /// keeps one copy of them.
+    Repetition,
 }
 
 /// The result of one generation.
@@ -296,8 +299,9 @@ pub(crate) struct Prefilled<'a> {
 /// The single-token steps after the prompt, the same for every backend: `step(token, n)`
 /// computes `token`, the `n`-th generated one, and returns the arg-max of its logits.
 /// Generation stops on a stop token, after `options.max_new_tokens`, at `budget` (the end of
-/// the context window) or, with `options.until_json`, once the text holds a whole JSON value;
-/// the text is decoded without the stop token.
+/// the context window), once the model loops ([`repeated_tail`]) or, with
+/// `options.until_json`, once the text holds a whole JSON value; the text is decoded without
+/// the stop token.
 pub(crate) fn decode_greedy(
     tokenizer: &LlmTokenizer,
     runtime: &str,
@@ -309,6 +313,7 @@ pub(crate) fn decode_greedy(
     let started = Instant::now();
     let mut next = prefilled.first;
     let mut generated: Vec<u32> = Vec::with_capacity(budget);
+    let mut repeats = 0;
     let stop = loop {
         generated.push(next);
         if tokenizer.is_stop(next) {
@@ -320,6 +325,15 @@ pub(crate) fn decode_greedy(
             && extract_json(&tokenizer.decode(&generated, true)?).is_some()
         {
             break StopReason::JsonComplete;
+        }
+        if let Some(extra) = repeated_tail(&generated) {
+            tracing::debug!(
+                runtime,
+                repeated = extra,
+                "generation stopped: the model loops"
+            );
+            repeats = extra;
+            break StopReason::Repetition;
         }
         if generated.len() >= budget {
             break if generated.len() == options.max_new_tokens {
@@ -334,7 +348,7 @@ pub(crate) fn decode_greedy(
 
     let content: &[u32] = match generated.last() {
         Some(&last) if tokenizer.is_stop(last) => &generated[..generated.len() - 1],
-        _ => &generated,
+        _ => &generated[..generated.len() - repeats],
     };
     let generation = Generation {
         text: tokenizer.decode(content, true)?,
@@ -356,6 +370,30 @@ pub(crate) fn decode_greedy(
         "generated"
     );
     Ok(generation)
+}
+
+/// Shortest run of repeated tokens [`repeated_tail`] stops on.
+const LOOP_MIN_TOKENS: usize = 48;
+
+/// Fewest copies of a repeated block [`repeated_tail`] stops on.
+const LOOP_MIN_COPIES: usize = 3;
+
+/// Longest repeated block [`repeated_tail`] looks for.
+const LOOP_MAX_PERIOD: usize = 128;
+
+/// Whether `tokens` end in a loop: one block of tokens written at least three times in a row,
+/// over at least 48 tokens (a 20-token list item three times, a 2-token word 24 times). Greedy
+/// decoding that starts repeating itself goes on until the budget runs out, and small models
+/// do: a task list that turns into the same seven words over and over, 250 tokens of them.
+/// Returns how many tokens to drop so that one copy of the block stays.
+pub(crate) fn repeated_tail(tokens: &[u32]) -> Option<usize> {
+    (1..=LOOP_MAX_PERIOD).find_map(|period| {
+        let copies = LOOP_MIN_COPIES.max(LOOP_MIN_TOKENS.div_ceil(period));
+        let run = copies * period;
+        let tail = tokens.get(tokens.len().checked_sub(run)?..)?;
+        // Period `period`: each token equals the one a block later.
+        (tail[..run - period] == tail[period..]).then_some(run - period)
+    })
 }
 
 /// Index of the largest logit (the first one on ties; NaN never wins).
@@ -735,6 +773,43 @@ mod tests {
     fn llm_is_shareable() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Llm>();
+    }
+
+    #[test]
+    fn a_loop_is_found_once_its_block_is_written_three_times() {
+        let prefix: Vec<u32> = (1000..1030).collect();
+        let block: Vec<u32> = (1..=20).collect();
+        let with = |copies: usize, extra: &[u32]| -> Vec<u32> {
+            let mut tokens = prefix.clone();
+            (0..copies).for_each(|_| tokens.extend(&block));
+            tokens.extend(extra);
+            tokens
+        };
+        assert_eq!(repeated_tail(&prefix), None);
+        assert_eq!(repeated_tail(&with(2, &[])), None);
+        assert_eq!(repeated_tail(&with(3, &[])), Some(40));
+        // Three copies that start inside the block are a loop too.
+        assert_eq!(repeated_tail(&with(3, &block[..5])), Some(40));
+        // A block written twice and then something else is not.
+        assert_eq!(repeated_tail(&with(2, &[7, 8, 9])), None);
+        assert_eq!(repeated_tail(&[]), None);
+    }
+
+    #[test]
+    fn short_blocks_must_repeat_over_48_tokens() {
+        assert_eq!(repeated_tail(&[5; 47]), None);
+        assert_eq!(repeated_tail(&[5; 48]), Some(47));
+        let word: Vec<u32> = [9, 4].repeat(23);
+        assert_eq!(repeated_tail(&word), None);
+        let word: Vec<u32> = [9, 4].repeat(24);
+        assert_eq!(repeated_tail(&word), Some(46));
+        // A list that is mostly the same item but not always.
+        let mut list: Vec<u32> = [9, 4].repeat(30);
+        list[30] = 3;
+        assert_eq!(repeated_tail(&list), None);
+        // A block longer than the longest period looked for.
+        let long: Vec<u32> = (0..200).collect::<Vec<u32>>().repeat(3);
+        assert_eq!(repeated_tail(&long), None);
     }
 
     #[test]

@@ -267,6 +267,35 @@ fn until_json_stops_where_the_json_value_closes() {
     );
 }
 
+/// A model that writes the same words over and over is stopped after three copies of them, and
+/// the text keeps one.
+#[test]
+fn a_looping_answer_stops_and_keeps_one_copy() {
+    let llm = qwen();
+    let ask = [Message::user(
+        "Write the word yes one hundred times, separated by commas.",
+    )];
+    // The answer's start, as if the model had written it: it goes on the same way.
+    let mut prompt = llm.prompt_ids(&ask).unwrap();
+    prompt.extend(llm.tokenizer().encode("yes, yes, yes, yes,").unwrap());
+    let looped = llm
+        .generate(&prompt, &GenerateOptions::max_new_tokens(200))
+        .unwrap();
+    assert_eq!(looped.stop, StopReason::Repetition, "{looped:?}");
+    assert!(looped.generated_tokens < 100, "{looped:?}");
+    let yes = looped.text.to_lowercase().matches("yes").count();
+    assert!((1..=3).contains(&yes), "{looped:?}");
+
+    // An answer that does not loop is not touched.
+    let capital = llm
+        .chat(
+            &[Message::user(CAPITAL)],
+            &GenerateOptions::max_new_tokens(32),
+        )
+        .unwrap();
+    assert_eq!(capital.stop, StopReason::EndOfTurn, "{capital:?}");
+}
+
 #[test]
 fn a_prompt_longer_than_the_context_is_an_error() {
     let llm = smollm2();
