@@ -120,8 +120,8 @@ pub enum StopReason {
     ContextFull,
     /// The text holds a whole JSON value ([`GenerateOptions::until_json`]).
     JsonComplete,
-    /// The model was writing the same tokens over and over (see [`repeated_tail`]); the text
-    /// keeps one copy of them.
+    /// The model was writing the same tokens over and over: one block of them three times in a
+    /// row, over 48 tokens at least. The text keeps one copy of the block.
     Repetition,
 }
 
