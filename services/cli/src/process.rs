@@ -13,7 +13,9 @@ use companion_audio::RawFormat;
 use companion_core::Intent;
 use companion_core::policy::{EffectivePolicy, Level, Setting};
 use companion_core::{Classify, ErrorKind, ErrorReport, FailedRecording, RecordingKind};
-use companion_language::{Backend, EMBEDDING_ROLE, LLM_ROLE, LanguageModels};
+use companion_language::{
+    Backend, DEFAULT_MAX_DRAFT, EMBEDDING_ROLE, LLM_ROLE, LanguageModels, MAX_DRAFT,
+};
 use companion_models::{ModelCache, resolve_asr_model, resolve_model};
 use companion_pipeline::{
     Input, Pipeline, PipelineConfig, PipelineError, Processed, RecordingContext,
@@ -164,6 +166,16 @@ pub struct LanguageArgs {
     /// LLM runtime: engine (our own; default on CPUs with AVX2 or AVX-512 VNNI), llama.cpp or candle.
     #[arg(long, env = "COMPANION_LLM_BACKEND", default_value_t = Backend::default())]
     pub llm_backend: Backend,
+    /// Tokens the engine checks with each generated one, looked up where the answer's latest
+    /// tokens occurred in the prompt or the answer (0: one token a pass). Same answer, fewer
+    /// passes when it copies names, numbers and phrases.
+    #[arg(
+        long,
+        env = "COMPANION_LLM_DRAFT",
+        default_value_t = DEFAULT_MAX_DRAFT as u16,
+        value_parser = clap::value_parser!(u16).range(0..=MAX_DRAFT as i64)
+    )]
+    pub llm_draft: u16,
 }
 
 /// The default chat model (see docs/BENCHMARKS.md for the speed and quality behind the choice).
@@ -173,7 +185,9 @@ impl LanguageArgs {
     pub fn models(&self, cache: &ModelCache, threads: Option<usize>) -> Result<LanguageModels> {
         let llm = resolve_model(&self.llm_model, LLM_ROLE, cache)?;
         let embedder = resolve_model(&self.embedding_model, EMBEDDING_ROLE, cache)?;
-        Ok(LanguageModels::new(llm, embedder, threads).with_backend(self.llm_backend))
+        Ok(LanguageModels::new(llm, embedder, threads)
+            .with_backend(self.llm_backend)
+            .with_max_draft(self.llm_draft.into()))
     }
 }
 

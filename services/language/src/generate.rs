@@ -351,6 +351,8 @@ pub(crate) mod tests {
                 prompt_ms: 10.0,
                 generate_ms: 10.0,
                 stop: StopReason::EndOfTurn,
+                draft_tokens: 0,
+                accepted_draft_tokens: 0,
             })
         }
     }

@@ -65,7 +65,7 @@ pub use llm::{
     GenerateOptions, Generation, Llm, LlmInfo, LoadOptions, PREFILL_CHUNK, StopReason, chat_format,
 };
 pub use models::{LanguageModels, Loaded};
-pub use native::{NATIVE_CONTEXT_LENGTH, Native, NativeOptions};
+pub use native::{DEFAULT_MAX_DRAFT, MAX_DRAFT, NATIVE_CONTEXT_LENGTH, Native, NativeOptions};
 pub use priority::{
     DEFAULT_INTENT_THRESHOLD, IntentMatcher, IntentScore, SentenceEncoder, calibrate,
     split_sentences,

@@ -141,10 +141,15 @@ pub struct Generation {
     /// Wall time of processing the prompt (the tokens not reused from the
     /// cache), which also yields the first generated token.
     pub prompt_ms: f64,
-    /// Wall time of the `generated_tokens - 1` single-token steps after it.
+    /// Wall time of the `generated_tokens - 1` steps after it.
     pub generate_ms: f64,
     /// Why generation ended.
     pub stop: StopReason,
+    /// Draft tokens checked along with generated ones (the engine's prompt lookup; 0 with
+    /// the other backends).
+    pub draft_tokens: usize,
+    /// Of those, the ones greedy decoding chose: tokens that took no pass of their own.
+    pub accepted_draft_tokens: usize,
 }
 
 impl Generation {
@@ -158,6 +163,8 @@ impl Generation {
             prompt_ms: 0.0,
             generate_ms: 0.0,
             stop: StopReason::MaxTokens,
+            draft_tokens: 0,
+            accepted_draft_tokens: 0,
         }
     }
 
@@ -310,11 +317,43 @@ pub(crate) fn decode_greedy(
     options: &GenerateOptions,
     mut step: impl FnMut(u32, usize) -> Result<u32>,
 ) -> Result<Generation> {
+    decode_drafted(
+        tokenizer,
+        runtime,
+        prefilled,
+        budget,
+        options,
+        0,
+        |fed, n| Ok(vec![step(fed[0], n)?]),
+    )
+}
+
+/// [`decode_greedy`] for a backend that checks a draft in one pass: before each step, up to
+/// `max_draft` tokens that followed the latest tokens where they last occurred in the prompt
+/// or the answer ([`lookup_draft`]) go along with the token to compute. `step(fed, n)` computes
+/// `fed` (the `n`-th generated token, then the draft) and returns the arg-max after each fed
+/// token as long as the draft agrees with it: the tokens greedy decoding would have written,
+/// the same answer one step at a time would give (`accepted_draft` tells how many of a draft
+/// to keep; the backend forgets the KV entries of the rest). Answers copy names, numbers and
+/// phrases from the prompt, and their tokens then come several to a pass.
+pub(crate) fn decode_drafted(
+    tokenizer: &LlmTokenizer,
+    runtime: &str,
+    prefilled: Prefilled,
+    budget: usize,
+    options: &GenerateOptions,
+    max_draft: usize,
+    mut step: impl FnMut(&[u32], usize) -> Result<Vec<u32>>,
+) -> Result<Generation> {
     let started = Instant::now();
-    let mut next = prefilled.first;
     let mut generated: Vec<u32> = Vec::with_capacity(budget);
+    // Tokens chosen but not yet written out, in order; only the last is not computed yet.
+    let mut chosen: std::collections::VecDeque<u32> = [prefilled.first].into();
+    let mut fed = Vec::with_capacity(max_draft + 1);
+    let (mut drafted, mut accepted) = (0, 0);
     let mut repeats = 0;
     let stop = loop {
+        let next = chosen.pop_front().expect("a chosen token");
         generated.push(next);
         if tokenizer.is_stop(next) {
             break StopReason::EndOfTurn;
@@ -342,7 +381,26 @@ pub(crate) fn decode_greedy(
                 StopReason::ContextFull
             };
         }
-        next = step(next, generated.len())?;
+        if !chosen.is_empty() {
+            continue;
+        }
+        fed.clear();
+        fed.push(next);
+        let room = max_draft.min(budget - generated.len());
+        if room > 0 {
+            fed.extend_from_slice(lookup_draft(prefilled.prompt, &generated, room));
+        }
+        let found = step(&fed, generated.len())?;
+        if found.is_empty() || found.len() > fed.len() {
+            return Err(Error::InvalidInput(format!(
+                "a step over {} tokens returned {} choices",
+                fed.len(),
+                found.len()
+            )));
+        }
+        drafted += fed.len() - 1;
+        accepted += found.len() - 1;
+        chosen.extend(found);
     };
     let generate_ms = started.elapsed().as_secs_f64() * 1000.0;
 
@@ -358,18 +416,68 @@ pub(crate) fn decode_greedy(
         prompt_ms: prefilled.prompt_ms,
         generate_ms,
         stop,
+        draft_tokens: drafted,
+        accepted_draft_tokens: accepted,
     };
     tracing::debug!(
         runtime,
         prompt_tokens = generation.prompt_tokens,
         cached_prompt_tokens = generation.cached_prompt_tokens,
         generated_tokens = generation.generated_tokens,
+        draft_tokens = drafted,
+        accepted_draft_tokens = accepted,
         prompt_tps = format!("{:.1}", generation.prompt_tokens_per_sec()),
         generate_tps = format!("{:.1}", generation.generate_tokens_per_sec()),
         stop = ?generation.stop,
         "generated"
     );
     Ok(generation)
+}
+
+/// Fewest latest tokens [`lookup_draft`] looks for. Two-token matches drafted three times as
+/// often on the synthesized voicemails' task lists but a third of those drafts held, and the
+/// passes that checked the rest cost more than they saved (docs/BENCHMARKS.md).
+const DRAFT_MIN_MATCH: usize = 3;
+
+/// Most latest tokens [`lookup_draft`] looks for.
+const DRAFT_MAX_MATCH: usize = 4;
+
+/// A draft of at most `max` tokens: what followed the latest occurrence of the answer's last
+/// tokens (the longest run of 4 down to 3 found) in the answer before them and in the prompt.
+/// Empty when nothing matches.
+pub(crate) fn lookup_draft<'a>(prompt: &'a [u32], answer: &'a [u32], max: usize) -> &'a [u32] {
+    // The latest occurrence in `text` that ends before `end`, and what follows it there.
+    let follows = |text: &'a [u32], key: &[u32], end: usize| {
+        (0..(end + 1).saturating_sub(key.len()))
+            .rev()
+            .find(|&at| text[at..].starts_with(key))
+            .map(|at| &text[at + key.len()..])
+            .filter(|follow| !follow.is_empty())
+    };
+    for len in (DRAFT_MIN_MATCH..=DRAFT_MAX_MATCH).rev() {
+        let Some(at) = answer.len().checked_sub(len) else {
+            continue;
+        };
+        let key = &answer[at..];
+        // The answer first (latest), then the prompt.
+        if let Some(follow) =
+            follows(answer, key, answer.len() - 1).or_else(|| follows(prompt, key, prompt.len()))
+        {
+            return &follow[..follow.len().min(max)];
+        }
+    }
+    &[]
+}
+
+/// How many tokens of a draft to keep: `fed` is the computed token and then the draft,
+/// `choices[i]` the arg-max after `fed[i]`; the draft holds while each of its tokens is the
+/// choice after the one before it.
+pub(crate) fn accepted_draft(fed: &[u32], choices: &[u32]) -> usize {
+    fed[1..]
+        .iter()
+        .zip(choices)
+        .take_while(|(drafted, chosen)| drafted == chosen)
+        .count()
 }
 
 /// Shortest run of repeated tokens [`repeated_tail`] stops on.
@@ -773,6 +881,98 @@ mod tests {
     fn llm_is_shareable() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Llm>();
+    }
+
+    #[test]
+    fn a_draft_is_what_followed_the_latest_tokens_in_the_prompt() {
+        let prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+        // "2 3 4" occurs in the prompt: the tokens after it, at most `max`.
+        assert_eq!(lookup_draft(&prompt, &[0, 2, 3, 4], 3), &[5, 6, 7]);
+        assert_eq!(lookup_draft(&prompt, &[0, 2, 3, 4], 1), &[5]);
+        // The end of the prompt has nothing after it; two tokens are too few to match.
+        assert_eq!(lookup_draft(&prompt, &[7, 8, 9], 3), &[] as &[u32]);
+        assert_eq!(lookup_draft(&prompt, &[0, 3, 4], 3), &[] as &[u32]);
+        // The longest match wins: "1 2 3 4" points at its own occurrence, not the later
+        // "2 3 4".
+        let prompt = [1, 2, 3, 4, 10, 0, 2, 3, 4, 11];
+        assert_eq!(lookup_draft(&prompt, &[1, 2, 3, 4], 2), &[10, 0]);
+        assert_eq!(lookup_draft(&prompt, &[5, 2, 3, 4], 2), &[11]);
+        // The answer before its last tokens comes first, latest occurrence first, and what
+        // followed there may run into the tokens being matched.
+        assert_eq!(
+            lookup_draft(&prompt, &[2, 3, 4, 12, 2, 3, 4], 3),
+            &[12, 2, 3]
+        );
+        assert_eq!(lookup_draft(&[], &[6, 6, 6, 6], 3), &[6]);
+        assert_eq!(lookup_draft(&prompt, &[], 3), &[] as &[u32]);
+        assert_eq!(lookup_draft(&prompt, &[2, 3, 4], 0), &[] as &[u32]);
+    }
+
+    #[test]
+    fn a_draft_holds_while_each_token_is_the_models_choice() {
+        // Fed: the computed token 1, then the draft 2 3 4.
+        assert_eq!(accepted_draft(&[1, 2, 3, 4], &[2, 3, 4, 5]), 3);
+        assert_eq!(accepted_draft(&[1, 2, 3, 4], &[2, 3, 9, 5]), 2);
+        assert_eq!(accepted_draft(&[1, 2, 3, 4], &[7, 3, 4, 5]), 0);
+        assert_eq!(accepted_draft(&[1], &[7]), 0);
+    }
+
+    /// A fake model over `answer`: each step computes the fed tokens and chooses what
+    /// `answer` holds after each, while the draft agrees. Counts passes.
+    fn scripted(answer: &[u32], passes: &mut usize, fed: &[u32], n: usize) -> Result<Vec<u32>> {
+        *passes += 1;
+        // `fed[0]` is answer[n - 1]; the choice after fed[i] is answer[n + i].
+        assert_eq!(fed[0], answer[n - 1]);
+        // Past the answer's end the fake keeps choosing its stop token.
+        let choices: Vec<u32> = (0..fed.len())
+            .map(|i| answer[(n + i).min(answer.len() - 1)])
+            .collect();
+        let kept = accepted_draft(fed, &choices);
+        Ok(choices[..=kept].to_vec())
+    }
+
+    #[test]
+    fn drafts_give_the_answer_of_single_steps_in_fewer_passes() {
+        let vocab = crate::tokenizer::tests::mini_vocab("qwen2");
+        let tokenizer = LlmTokenizer::from_vocab(&vocab).unwrap();
+        let end = vocab.eos_token_id.unwrap();
+        let text = b"call Maria Lopez at 555 0134 about the lease; Maria Lopez, 555 0134";
+        let prompt: Vec<u32> = b"Maria Lopez 555 0134 lease"
+            .iter()
+            .map(|&b| b as u32)
+            .collect();
+        let answer: Vec<u32> = text.iter().map(|&b| b as u32).chain([end]).collect();
+        let options = GenerateOptions::max_new_tokens(200);
+        let run = |max_draft: usize| {
+            let mut passes = 0;
+            let prefilled = Prefilled {
+                prompt: &prompt,
+                cached: 0,
+                prompt_ms: 0.0,
+                first: answer[0],
+            };
+            let g = decode_drafted(
+                &tokenizer,
+                "test",
+                prefilled,
+                200,
+                &options,
+                max_draft,
+                |fed, n| scripted(&answer, &mut passes, fed, n),
+            )
+            .unwrap();
+            (g, passes)
+        };
+        let (single, single_passes) = run(0);
+        let (drafted, drafted_passes) = run(3);
+        assert_eq!(single.text, String::from_utf8_lossy(text));
+        assert_eq!(drafted.text, single.text);
+        assert_eq!(drafted.generated_tokens, single.generated_tokens);
+        assert_eq!(single_passes, answer.len() - 1);
+        assert!(
+            drafted_passes < single_passes * 3 / 4,
+            "{drafted_passes} passes with drafts, {single_passes} without"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::generate::TextGenerator;
 use crate::llama::LlamaCpp;
 use crate::llm::Llm;
-use crate::native::Native;
+use crate::native::{DEFAULT_MAX_DRAFT, Native, NativeOptions};
 
 /// Where the models are, which runtime serves the chat model, and each model once loaded.
 pub struct LanguageModels {
@@ -21,6 +21,7 @@ pub struct LanguageModels {
     embedder_dir: PathBuf,
     threads: Option<usize>,
     backend: Backend,
+    max_draft: usize,
     llm: Mutex<Option<Arc<dyn TextGenerator>>>,
     embedder: Mutex<Option<Arc<Embedder>>>,
 }
@@ -57,6 +58,7 @@ impl LanguageModels {
             embedder_dir,
             threads,
             backend: Backend::default(),
+            max_draft: DEFAULT_MAX_DRAFT,
             llm: Mutex::new(None),
             embedder: Mutex::new(None),
         }
@@ -65,6 +67,13 @@ impl LanguageModels {
     /// Serves the chat model with `backend`.
     pub fn with_backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
+        self
+    }
+
+    /// Checks up to `max_draft` tokens looked up in the prompt with each generated one (the
+    /// engine; 0 generates one token a pass). The answer is the same either way.
+    pub fn with_max_draft(mut self, max_draft: usize) -> Self {
+        self.max_draft = max_draft;
         self
     }
 
@@ -79,7 +88,12 @@ impl LanguageModels {
         load_once(&self.llm, &what, &self.llm_path, || {
             Ok(match self.backend {
                 Backend::Native => {
-                    Arc::new(Native::load(&self.llm_path, self.threads)?) as Arc<dyn TextGenerator>
+                    let options = NativeOptions {
+                        threads: self.threads,
+                        max_draft: self.max_draft,
+                        ..NativeOptions::default()
+                    };
+                    Arc::new(Native::load_with(&self.llm_path, &options)?) as Arc<dyn TextGenerator>
                 }
                 Backend::LlamaCpp => Arc::new(LlamaCpp::load(&self.llm_path, self.threads)?)
                     as Arc<dyn TextGenerator>,

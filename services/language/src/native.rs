@@ -22,7 +22,8 @@ use companion_engine::{Kernel, Model, Session};
 use crate::chat::{ChatTemplate, Message};
 use crate::error::{Error, Result};
 use crate::llm::{
-    ChatModel, GenerateOptions, Generation, LlmInfo, Prefilled, argmax, decode_greedy, token_budget,
+    ChatModel, GenerateOptions, Generation, LlmInfo, Prefilled, accepted_draft, argmax,
+    decode_drafted, token_budget,
 };
 use crate::pool::{Cores, Pool, Slot};
 use crate::threads::compute_threads;
@@ -34,6 +35,14 @@ pub const NATIVE_CONTEXT_LENGTH: usize = 8192;
 /// A cached prefix shorter than this does not take over another prompt family's session while
 /// the pool may still grow (every ChatML prompt shares its first few tokens).
 const MIN_SHARED_PREFIX: usize = 32;
+
+/// Draft tokens checked with each generated one by default: with the token itself, the four
+/// tokens one pass over a weight tile multiplies.
+pub const DEFAULT_MAX_DRAFT: usize = 3;
+
+/// Most draft tokens a pass may check (a pass computes at most [`companion_engine::CHUNK`]
+/// tokens).
+pub const MAX_DRAFT: usize = 16;
 
 /// How a model is loaded into the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +56,9 @@ pub struct NativeOptions {
     pub max_sessions: usize,
     /// Reuse the KV entries of a shared prompt prefix across calls (default on).
     pub prefix_reuse: bool,
+    /// Most draft tokens checked with each generated one (prompt lookup, see
+    /// [`decode_drafted`]); 0 generates one token a pass.
+    pub max_draft: usize,
 }
 
 impl Default for NativeOptions {
@@ -56,6 +68,7 @@ impl Default for NativeOptions {
             context_length: NATIVE_CONTEXT_LENGTH,
             max_sessions: 2,
             prefix_reuse: true,
+            max_draft: DEFAULT_MAX_DRAFT,
         }
     }
 }
@@ -74,6 +87,7 @@ pub struct Native {
     template: ChatTemplate,
     info: LlmInfo,
     threads: usize,
+    max_draft: usize,
 }
 
 impl std::fmt::Debug for Native {
@@ -100,6 +114,12 @@ impl Native {
 
     /// [`Native::load`] with explicit options.
     pub fn load_with(path: &Path, options: &NativeOptions) -> Result<Native> {
+        if options.max_draft > MAX_DRAFT {
+            return Err(Error::InvalidInput(format!(
+                "a draft of {} tokens: at most {MAX_DRAFT}",
+                options.max_draft
+            )));
+        }
         let started = Instant::now();
         let threads = options
             .threads
@@ -158,6 +178,7 @@ impl Native {
             template: meta.template,
             info,
             threads,
+            max_draft: options.max_draft,
         })
     }
 
@@ -218,31 +239,70 @@ impl Native {
             first,
             prompt_ms: started.elapsed().as_secs_f64() * 1000.0,
         };
-        decode_greedy(
+        decode_drafted(
             &self.tokenizer,
             "engine",
             prefilled,
             budget,
             options,
-            |token, _| self.feed(slot, &[token], &mut logits),
+            self.max_draft,
+            |fed, _| self.check(slot, fed, &mut logits),
         )
+    }
+
+    /// Computes `fed` (a generated token and a draft after it) in one pass and returns the
+    /// arg-max after each fed token while the draft agrees ([`accepted_draft`]); the KV
+    /// entries of the rest of the draft are dropped.
+    fn check(
+        &self,
+        slot: &mut Slot<Session>,
+        fed: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<Vec<u32>> {
+        self.compute(slot, fed, fed.len(), logits)?;
+        let vocab = self.model.config().vocab;
+        let choices = logits
+            .chunks_exact(vocab)
+            .map(|row| {
+                argmax(&row[..self.info.vocab_size]).ok_or_else(|| {
+                    Error::InvalidInput("the model produced no usable logits".into())
+                })
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        let kept = accepted_draft(fed, &choices);
+        let len = slot.tokens.len() - (fed.len() - 1 - kept);
+        slot.tokens.truncate(len);
+        slot.ctx.truncate(len);
+        Ok(choices[..=kept].to_vec())
     }
 
     /// Computes `tokens` after the session's cached ones and returns the arg-max of the last
     /// one's logits. The slot's token list grows only when the pass succeeded; a failed pass
     /// leaves the session cut back to the tokens it lists.
     fn feed(&self, slot: &mut Slot<Session>, tokens: &[u32], logits: &mut Vec<f32>) -> Result<u32> {
+        self.compute(slot, tokens, 1, logits)?;
+        argmax(&logits[..self.info.vocab_size])
+            .ok_or_else(|| Error::InvalidInput("the model produced no usable logits".into()))
+    }
+
+    /// Computes `tokens` after the slot's, with the logits of the last `last` of them.
+    fn compute(
+        &self,
+        slot: &mut Slot<Session>,
+        tokens: &[u32],
+        last: usize,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         let cores = cores().take(self.threads);
         let result = self
             .model
-            .forward(&mut slot.ctx, tokens, self.threads, logits);
+            .forward_last(&mut slot.ctx, tokens, last, self.threads, logits);
         drop(cores);
         if let Err(e) = result {
             slot.ctx.truncate(slot.tokens.len());
             return Err(e.into());
         }
         slot.tokens.extend_from_slice(tokens);
-        argmax(&logits[..self.info.vocab_size])
-            .ok_or_else(|| Error::InvalidInput("the model produced no usable logits".into()))
+        Ok(())
     }
 }

@@ -267,6 +267,95 @@ fn until_json_stops_where_the_json_value_closes() {
     );
 }
 
+/// One pass over several tokens gives each of them the logits single-token passes give.
+#[test]
+fn a_pass_over_several_tokens_gives_the_logits_of_single_steps() {
+    let llm = smollm2();
+    let model = llm.model();
+    let prompt = llm.prompt_ids(&summarise(VOICEMAILS[0])).unwrap();
+    let tail = llm
+        .tokenizer()
+        .encode(" Tom says the car is ready")
+        .unwrap();
+    assert!(tail.len() >= 4, "{tail:?}");
+    let vocab = model.config().vocab;
+
+    let (mut single, mut logits) = (companion_engine::Session::default(), Vec::new());
+    model.forward(&mut single, &prompt, 2, &mut logits).unwrap();
+    let mut expected = Vec::new();
+    for &token in &tail {
+        model
+            .forward(&mut single, &[token], 2, &mut logits)
+            .unwrap();
+        expected.extend_from_slice(&logits[..vocab]);
+    }
+
+    let mut batched = companion_engine::Session::default();
+    model
+        .forward(&mut batched, &prompt, 2, &mut logits)
+        .unwrap();
+    model
+        .forward_last(&mut batched, &tail, tail.len(), 2, &mut logits)
+        .unwrap();
+    assert_eq!(logits.len(), tail.len() * vocab);
+    let worst = logits
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "logits differ by up to {worst}");
+    assert_eq!(batched.len(), single.len());
+
+    // The logits of the last two only, and bad requests.
+    let mut two = companion_engine::Session::default();
+    model.forward(&mut two, &prompt, 2, &mut logits).unwrap();
+    model
+        .forward_last(&mut two, &tail, 2, 2, &mut logits)
+        .unwrap();
+    assert_eq!(logits.len(), 2 * vocab);
+    for n in [0, tail.len() + 1] {
+        let err = model
+            .forward_last(&mut two, &tail, n, 2, &mut logits)
+            .unwrap_err();
+        assert!(err.to_string().contains("logits of the last"), "{err}");
+    }
+}
+
+/// Drafts looked up in the prompt change no answer, and where the answer copies the prompt
+/// (names, numbers) most of a drafted token's passes are saved.
+#[test]
+fn drafts_change_no_answer() {
+    let drafting = qwen();
+    let single = Arc::new(load_with(
+        "qwen2.5-0.5b-q4ffn",
+        NativeOptions {
+            max_draft: 0,
+            ..NativeOptions::default()
+        },
+    ));
+    let copy = [Message::user(
+        "Copy this line exactly, then stop: Call Maria Lopez back at 555 0134 about the lease \
+         renewal before Friday the 14th.",
+    )];
+    let mut accepted = 0;
+    for messages in [
+        copy.to_vec(),
+        summarise(VOICEMAILS[1]),
+        summarise(VOICEMAILS[2]),
+    ] {
+        let options = GenerateOptions::max_new_tokens(64);
+        let a = single.chat(&messages, &options).unwrap();
+        let b = drafting.chat(&messages, &options).unwrap();
+        assert_eq!(a.text, b.text);
+        assert_eq!(a.generated_tokens, b.generated_tokens);
+        assert_eq!(a.stop, b.stop);
+        assert_eq!((a.draft_tokens, a.accepted_draft_tokens), (0, 0));
+        assert!(b.accepted_draft_tokens <= b.draft_tokens, "{b:?}");
+        accepted += b.accepted_draft_tokens;
+    }
+    assert!(accepted >= 10, "only {accepted} drafted tokens held");
+}
+
 /// A model that writes the same words over and over is stopped after three copies of them, and
 /// the text keeps one.
 #[test]

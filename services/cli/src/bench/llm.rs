@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use companion_language::{
     GenerateOptions, Generation, LLAMA_CONTEXT_LENGTH, LLM_ROLE, LlmTokenizer, Message, Native,
-    StopReason, TextGenerator, chat_format, resolve_model,
+    NativeOptions, StopReason, TextGenerator, chat_format, resolve_model,
 };
 use companion_models::ModelCache;
 use serde_json::json;
@@ -55,6 +55,10 @@ pub struct LlmArgs {
     /// engine's choice for this CPU).
     #[arg(long)]
     prefetch: Option<usize>,
+    /// Draft tokens the engine checks with each generated one (`companion process
+    /// --llm-draft`). 0 by default: one token a pass, the step the bandwidth bound is about.
+    #[arg(long, default_value_t = 0)]
+    draft: usize,
     /// Leave out the peer (llama.cpp through its Python binding, built here on first use).
     #[arg(long)]
     no_peer: bool,
@@ -105,7 +109,14 @@ pub fn run(args: LlmArgs, models_dir: &Path) -> Result<()> {
         let started = Instant::now();
         let generator = if *backend == Backend::Native {
             // The engine repacks the file's weights; what it reads a token differs from the file.
-            let native = Native::load(&path, args.threads)?;
+            let native = Native::load_with(
+                &path,
+                &NativeOptions {
+                    threads: args.threads,
+                    max_draft: args.draft,
+                    ..NativeOptions::default()
+                },
+            )?;
             let model = native.model();
             println!(
                 "engine: reads {:.0} MB of weights a token (the file's blocks repacked into int8/int6/int5/int4 tiles; {} kernel, asking {} bytes ahead)",
@@ -432,6 +443,8 @@ fn parse_round(
         prompt_ms: round.prompt_ms,
         generate_ms: round.generate_ms,
         stop,
+        draft_tokens: 0,
+        accepted_draft_tokens: 0,
     })
 }
 
