@@ -114,6 +114,12 @@ pub struct LlmStats {
     pub generated_tokens: usize,
     pub prompt_tokens_per_s: f64,
     pub generate_tokens_per_s: f64,
+    /// Tokens looked up in the prompt and checked along with generated ones, and of those the
+    /// ones the model chose (they took no pass of their own).
+    #[serde(default)]
+    pub draft_tokens: usize,
+    #[serde(default)]
+    pub accepted_draft_tokens: usize,
 }
 
 /// What went wrong, as users and APIs see it. Stable names: they appear in JSON and job rows.

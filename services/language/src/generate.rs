@@ -69,6 +69,9 @@ pub struct Usage {
     pub generated_tokens: usize,
     pub prompt_ms: f64,
     pub generate_ms: f64,
+    /// Draft tokens checked with generated ones, and those kept (see [`Generation`]).
+    pub draft_tokens: usize,
+    pub accepted_draft_tokens: usize,
 }
 
 impl Usage {
@@ -79,6 +82,8 @@ impl Usage {
         self.generated_tokens += generation.generated_tokens;
         self.prompt_ms += generation.prompt_ms;
         self.generate_ms += generation.generate_ms;
+        self.draft_tokens += generation.draft_tokens;
+        self.accepted_draft_tokens += generation.accepted_draft_tokens;
     }
 
     pub fn merge(&mut self, other: &Usage) {
@@ -88,9 +93,11 @@ impl Usage {
         self.generated_tokens += other.generated_tokens;
         self.prompt_ms += other.prompt_ms;
         self.generate_ms += other.generate_ms;
+        self.draft_tokens += other.draft_tokens;
+        self.accepted_draft_tokens += other.accepted_draft_tokens;
     }
 
-    /// Generation speed over all calls (single-token steps per second).
+    /// Generation speed over all calls (tokens after each call's first, per second).
     pub fn generate_tokens_per_sec(&self) -> f64 {
         let steps = self.generated_tokens.saturating_sub(self.calls);
         if self.generate_ms > 0.0 {

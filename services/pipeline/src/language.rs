@@ -116,6 +116,8 @@ impl LanguageStages<'_> {
                 generated_tokens: usage.generated_tokens,
                 prompt_tokens_per_s: round1(usage.prompt_tokens_per_sec()),
                 generate_tokens_per_s: round1(usage.generate_tokens_per_sec()),
+                draft_tokens: usage.draft_tokens,
+                accepted_draft_tokens: usage.accepted_draft_tokens,
             });
         }
         Ok(())
