@@ -178,7 +178,8 @@ impl Generation {
         per_sec(self.computed_prompt_tokens(), self.prompt_ms)
     }
 
-    /// Decoding speed (single-token steps per second).
+    /// Decoding speed: tokens after the first, per second (with drafts, several may come from
+    /// one pass).
     pub fn generate_tokens_per_sec(&self) -> f64 {
         per_sec(self.generated_tokens.saturating_sub(1), self.generate_ms)
     }
