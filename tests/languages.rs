@@ -82,3 +82,27 @@ fn speech_translates_to_english() {
     // The original stays beside the translation.
     assert!(transcript(line).contains("gracias"), "{line}");
 }
+
+#[test]
+fn a_recording_gives_the_same_result_after_others() {
+    // One process transcribes file after file: nothing a call leaves behind (another language,
+    // another encoder size, beams) may change the next call's result. A whisper.cpp state kept
+    // from call to call did (`companion_speech`'s module docs).
+    let es = speech_wav(&ES);
+    let de = sox(
+        &speech_wav(&DE),
+        "de_voicemail_again.gsm",
+        &["-r", "8000", "-c", "1"],
+    );
+    let (lines, out) = transcribe(&[&es, &de, &es], &[]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines[1]["language"]["code"], "de", "{}", lines[1]);
+    for field in ["language", "transcript"] {
+        assert_eq!(lines[0][field], lines[2][field], "{field}");
+    }
+    assert_heard(&lines[2], &ES);
+}

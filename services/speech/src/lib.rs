@@ -1,5 +1,8 @@
 //! Speech recognition with whisper.cpp: one [`SpeechModel`] loaded per process and shared by
-//! every job, a fresh whisper state per call, so jobs can run side by side.
+//! every job, a fresh whisper state per call, so jobs can run side by side. Fresh, not kept
+//! from call to call: a state kept from another recording changed a later transcript (a
+//! Spanish voicemail after a German one gave "maya" for "mañana"), and saved only 30–40 ms a
+//! call (docs/BENCHMARKS.md).
 
 mod words;
 
