@@ -263,11 +263,7 @@ impl Native {
         let vocab = self.model.config().vocab;
         let choices = logits
             .chunks_exact(vocab)
-            .map(|row| {
-                argmax(&row[..self.info.vocab_size]).ok_or_else(|| {
-                    Error::InvalidInput("the model produced no usable logits".into())
-                })
-            })
+            .map(|row| self.choose(row))
             .collect::<Result<Vec<u32>>>()?;
         let kept = accepted_draft(fed, &choices);
         let len = slot.tokens.len() - (fed.len() - 1 - kept);
@@ -281,7 +277,13 @@ impl Native {
     /// leaves the session cut back to the tokens it lists.
     fn feed(&self, slot: &mut Slot<Session>, tokens: &[u32], logits: &mut Vec<f32>) -> Result<u32> {
         self.compute(slot, tokens, 1, logits)?;
-        argmax(&logits[..self.info.vocab_size])
+        self.choose(logits)
+    }
+
+    /// Greedy decoding's choice from one row of logits (the model's rows may be padded past
+    /// the tokenizer's vocabulary).
+    fn choose(&self, row: &[f32]) -> Result<u32> {
+        argmax(&row[..self.info.vocab_size])
             .ok_or_else(|| Error::InvalidInput("the model produced no usable logits".into()))
     }
 
