@@ -168,6 +168,11 @@ impl SpeechModel {
         &self.path
     }
 
+    /// whisper.cpp's context, for timing its passes alone (`companion bench whisper`).
+    pub fn context(&self) -> &WhisperContext {
+        &self.ctx
+    }
+
     pub fn is_multilingual(&self) -> bool {
         self.ctx.is_multilingual()
     }
@@ -231,7 +236,7 @@ impl SpeechModel {
         }
         let head = &head[..head.len().min(30 * SAMPLE_RATE)];
         match fitted_audio_ctx(head.len()).filter(|_| opts.fit_encoder_to_audio) {
-            Some(audio_ctx) => prepare_fitted_detection(state, head, audio_ctx, opts.threads)?,
+            Some(audio_ctx) => fit_encoder(state, head, audio_ctx, opts.threads)?,
             None => state
                 .pcm_to_mel(head, opts.threads as usize)
                 .map_err(inference)?,
@@ -367,8 +372,9 @@ impl SpeechModel {
 /// will use to `audio_ctx`. whisper.cpp's detection takes that size from the state's last
 /// `full` call and has no parameter of its own, so this runs a `full` call over the head that
 /// stops at its first encoder pass (the encoder-begin callback refuses): the mel and the size
-/// are set, no model pass is made and no text is produced.
-fn prepare_fitted_detection(
+/// are set, no model pass is made and no text is produced. A later `encode` call on the state
+/// also runs over `audio_ctx` positions (`companion bench whisper` times it so).
+pub fn fit_encoder(
     state: &mut WhisperState,
     head: &[f32],
     audio_ctx: i32,

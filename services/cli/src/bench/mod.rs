@@ -10,6 +10,7 @@
 //! * `kernels`: the engine's matrix kernels per weight format, from memory and in cache, next to
 //!   the read loops of `llm`.
 //! * `load`: model load times.
+//! * `whisper`: the engine's Whisper encoder and decoder steps against whisper.cpp's.
 
 mod asr;
 mod child;
@@ -19,6 +20,7 @@ mod llm;
 mod load;
 mod stages;
 mod synth;
+mod whisper;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,6 +42,8 @@ pub enum BenchCommand {
     Kernels(kernels::KernelsArgs),
     /// Model load times.
     Load(load::LoadArgs),
+    /// The engine's Whisper forward pass against whisper.cpp's: encoder and decoder steps.
+    Whisper(whisper::WhisperArgs),
 }
 
 /// Where the benchmarks keep what they make: synthesized audio, the peers' environments.
@@ -68,6 +72,7 @@ pub fn run(command: BenchCommand, models_dir: &Path) -> Result<()> {
         BenchCommand::Decode(args) => decode::run(args),
         BenchCommand::Kernels(args) => kernels::run(args),
         BenchCommand::Load(args) => load::run(args, models_dir),
+        BenchCommand::Whisper(args) => whisper::run(args, models_dir),
     }
 }
 

@@ -1,0 +1,659 @@
+//! Whisper's encoder and decoder on the engine's matrix kernels.
+//!
+//! The weight matrices are repacked into the engine's int8 tiles ([`Matrix`]; Q8_0 weights
+//! code for code, f16 convolution kernels requantized); activations are quantized per block of
+//! 32 before each product, as ggml does for its Q8_0 products. The convolutions run as
+//! products over their unfolded inputs, attention over the audio as f32 matrix products.
+//! The arithmetic follows whisper.cpp's graphs, so the logits agree with whisper.cpp's on the
+//! same file to rounding (`tests/forward.rs`).
+
+use std::thread;
+
+use candle_core::quantized::GgmlDType;
+use companion_engine::matrix::{BLOCK, Stored, Write};
+use companion_engine::{Activations, Kernel, Matrix, Rows};
+use tracing::debug;
+
+use crate::error::{Error, Result};
+use crate::file::{HParams, WhisperFile};
+use crate::mel::Mel;
+
+const LN_EPS: f32 = 1e-5;
+
+/// A weight matrix and its bias.
+struct Linear {
+    w: Matrix,
+    /// One bias per output row; zeros where the layer has none.
+    b: Vec<f32>,
+}
+
+/// A layer norm's scale and shift.
+struct Norm {
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+struct EncoderLayer {
+    attn_ln: Norm,
+    /// Query, key and value stacked: one product gives all three.
+    qkv: Linear,
+    out: Linear,
+    mlp_ln: Norm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+struct DecoderLayer {
+    attn_ln: Norm,
+    qkv: Linear,
+    out: Linear,
+    cross_ln: Norm,
+    cross_q: Linear,
+    /// Key and value of the cross attention, stacked; applied to the encoder's output.
+    cross_kv: Linear,
+    cross_out: Linear,
+    mlp_ln: Norm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// A Whisper model loaded for the engine's kernels.
+pub struct Whisper {
+    pub hparams: HParams,
+    /// The mel filters (`n_mels` rows of `n_fft` weights).
+    pub filters: Vec<f32>,
+    /// The regular tokens' bytes, by id.
+    pub vocab: Vec<Vec<u8>>,
+    kernel: Kernel,
+    threads: usize,
+    /// The first convolution over its unfolded input: `n_mels × 3` columns, padded to a
+    /// whole block.
+    conv1: Linear,
+    conv1_cols: usize,
+    conv2: Linear,
+    audio_pos: Vec<f32>,
+    encoder: Vec<EncoderLayer>,
+    ln_post: Norm,
+    /// Looked up row by row for the decoder's input, and the output projection for logits.
+    token_embedding: Linear,
+    text_pos: Vec<f32>,
+    decoder: Vec<DecoderLayer>,
+    ln: Norm,
+}
+
+/// What the decoder attends to: each decoder layer's keys (scaled) and values over the
+/// encoder's positions.
+pub struct Encoded {
+    pub n_ctx: usize,
+    /// Per decoder layer, `n_ctx` rows of keys then values: `n_ctx × 2 × n_state`.
+    cross: Vec<Vec<f32>>,
+}
+
+/// One token sequence being decoded: its self-attention keys and values.
+pub struct Decoding<'a> {
+    model: &'a Whisper,
+    encoded: &'a Encoded,
+    /// Per layer, one row of keys then values per position: `len × 2 × n_state`.
+    cache: Vec<Vec<f32>>,
+    len: usize,
+}
+
+fn stored<'a>(file: &'a WhisperFile, name: &'a str) -> Result<Stored<'a>> {
+    let (t, bytes) = file.tensor(name)?;
+    if t.dims.len() != 2 {
+        return Err(Error::Format(format!(
+            "{name} is not a matrix: {:?}",
+            t.dims
+        )));
+    }
+    Ok(Stored {
+        name,
+        dtype: t.dtype,
+        rows: t.dims[1],
+        cols: t.dims[0],
+        bytes,
+    })
+}
+
+/// f32 values as the little-endian bytes of a [`Stored`] tensor.
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+impl Linear {
+    /// The matrices `names` stacked (`biases[i]`: whether matrix `i` has a bias).
+    fn load(file: &WhisperFile, prefix: &str, parts: &[(&str, bool)]) -> Result<Linear> {
+        let names: Vec<String> = parts
+            .iter()
+            .map(|(p, _)| format!("{prefix}.{p}.weight"))
+            .collect();
+        let stored = names
+            .iter()
+            .map(|n| stored(file, n))
+            .collect::<Result<Vec<_>>>()?;
+        let w = Matrix::pack(&stored)?;
+        let mut b = Vec::with_capacity(w.rows());
+        for ((part, has_bias), s) in parts.iter().zip(&stored) {
+            if *has_bias {
+                b.extend(file.floats(&format!("{prefix}.{part}.bias"), s.rows)?);
+            } else {
+                b.extend(std::iter::repeat_n(0.0, s.rows));
+            }
+        }
+        Ok(Linear { w, b })
+    }
+
+    /// A convolution kernel (`[k, in, out]`, innermost first) as a matrix over unfolded
+    /// inputs (`in × k` columns, padded with zeros to `cols`).
+    fn conv(file: &WhisperFile, prefix: &str, cols: usize) -> Result<Linear> {
+        let name = format!("{prefix}.weight");
+        let (t, _) = file.tensor(&name)?;
+        let [k, inputs, outputs] = t.dims[..] else {
+            return Err(Error::Format(format!(
+                "{name} is not a 1-D convolution kernel"
+            )));
+        };
+        let values = file.floats(&name, k * inputs * outputs)?;
+        let mut padded = vec![0.0f32; outputs * cols];
+        for (o, row) in values.chunks_exact(k * inputs).enumerate() {
+            padded[o * cols..o * cols + row.len()].copy_from_slice(row);
+        }
+        let bytes = f32_bytes(&padded);
+        let w = Matrix::pack(&[Stored {
+            name: &name,
+            dtype: GgmlDType::F32,
+            rows: outputs,
+            cols,
+            bytes: &bytes,
+        }])?;
+        let b = file.floats(&format!("{prefix}.bias"), outputs)?;
+        Ok(Linear { w, b })
+    }
+
+    /// `out[t] = W · x[t] + b` (or `+=`) for the first `tokens` rows of `x`, the tiles shared
+    /// between `threads` threads.
+    fn apply(&self, kernel: Kernel, threads: usize, x: Rows, out: &mut [f32], write: Write) {
+        let rows = self.w.rows();
+        let tokens = x.tokens();
+        assert!(out.len() >= tokens * rows);
+        let tiles = self.w.tiles();
+        let per = tiles.div_ceil(threads.max(1)).max(1);
+        let ptr = SendPtr(out.as_mut_ptr());
+        thread::scope(|s| {
+            for start in (0..tiles).step_by(per).skip(1) {
+                let w = &self.w;
+                s.spawn(move || {
+                    let ptr = ptr;
+                    // SAFETY: each thread writes the rows of its own tiles only.
+                    unsafe {
+                        w.multiply_raw(
+                            kernel,
+                            x,
+                            start..(start + per).min(tiles),
+                            ptr.0,
+                            rows,
+                            write,
+                        )
+                    };
+                });
+            }
+            // SAFETY: as above, the first share of tiles.
+            unsafe {
+                self.w
+                    .multiply_raw(kernel, x, 0..per.min(tiles), ptr.0, rows, write)
+            };
+        });
+        for row in out[..tokens * rows].chunks_exact_mut(rows) {
+            row.iter_mut().zip(&self.b).for_each(|(o, b)| *o += b);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the pointer is only used for disjoint writes inside a thread scope.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl Norm {
+    fn load(file: &WhisperFile, prefix: &str, n: usize) -> Result<Norm> {
+        Ok(Norm {
+            w: file.floats(&format!("{prefix}.weight"), n)?,
+            b: file.floats(&format!("{prefix}.bias"), n)?,
+        })
+    }
+
+    /// Normalizes each row of `x` into the same row of `out`.
+    fn apply(&self, x: &[f32], out: &mut [f32]) {
+        let n = self.w.len();
+        for (x, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let mean = x.iter().sum::<f32>() / n as f32;
+            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
+            let inv = 1.0 / (var + LN_EPS).sqrt();
+            for (((o, v), w), b) in out.iter_mut().zip(x).zip(&self.w).zip(&self.b) {
+                *o = (v - mean) * inv * w + b;
+            }
+        }
+    }
+}
+
+/// ggml's GELU (the tanh approximation).
+fn gelu(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+}
+
+/// Quantizes `rows` rows of `x` (`cols` values each) for the kernels.
+fn quantized(x: &[f32], cols: usize) -> Activations {
+    let rows = x.len() / cols;
+    let mut a = Activations::new(rows, cols);
+    for (t, row) in x.chunks_exact(cols).enumerate() {
+        a.set(t, row);
+    }
+    a
+}
+
+/// Softmax of `row` in place.
+fn softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+impl Whisper {
+    /// Loads `file` for `threads` threads.
+    pub fn load(file: &WhisperFile, threads: usize) -> Result<Whisper> {
+        let h = file.hparams;
+        let (sa, st) = (h.n_audio_state, h.n_text_state);
+        if sa != st {
+            return Err(Error::Format(format!(
+                "audio width {sa} differs from text width {st}"
+            )));
+        }
+        let conv1_cols = (3 * h.n_mels).next_multiple_of(BLOCK);
+        let encoder = (0..h.n_audio_layer)
+            .map(|i| {
+                let p = format!("encoder.blocks.{i}");
+                Ok(EncoderLayer {
+                    attn_ln: Norm::load(file, &format!("{p}.attn_ln"), sa)?,
+                    qkv: Linear::load(
+                        file,
+                        &format!("{p}.attn"),
+                        &[("query", true), ("key", false), ("value", true)],
+                    )?,
+                    out: Linear::load(file, &format!("{p}.attn"), &[("out", true)])?,
+                    mlp_ln: Norm::load(file, &format!("{p}.mlp_ln"), sa)?,
+                    fc1: Linear::load(file, &format!("{p}.mlp"), &[("0", true)])?,
+                    fc2: Linear::load(file, &format!("{p}.mlp"), &[("2", true)])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let decoder = (0..h.n_text_layer)
+            .map(|i| {
+                let p = format!("decoder.blocks.{i}");
+                Ok(DecoderLayer {
+                    attn_ln: Norm::load(file, &format!("{p}.attn_ln"), st)?,
+                    qkv: Linear::load(
+                        file,
+                        &format!("{p}.attn"),
+                        &[("query", true), ("key", false), ("value", true)],
+                    )?,
+                    out: Linear::load(file, &format!("{p}.attn"), &[("out", true)])?,
+                    cross_ln: Norm::load(file, &format!("{p}.cross_attn_ln"), st)?,
+                    cross_q: Linear::load(file, &format!("{p}.cross_attn"), &[("query", true)])?,
+                    cross_kv: Linear::load(
+                        file,
+                        &format!("{p}.cross_attn"),
+                        &[("key", false), ("value", true)],
+                    )?,
+                    cross_out: Linear::load(file, &format!("{p}.cross_attn"), &[("out", true)])?,
+                    mlp_ln: Norm::load(file, &format!("{p}.mlp_ln"), st)?,
+                    fc1: Linear::load(file, &format!("{p}.mlp"), &[("0", true)])?,
+                    fc2: Linear::load(file, &format!("{p}.mlp"), &[("2", true)])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let token_embedding = Linear {
+            w: Matrix::pack(&[stored(file, "decoder.token_embedding.weight")?])?,
+            b: Vec::new(),
+        };
+        if token_embedding.w.rows() != h.n_vocab {
+            return Err(Error::Format(format!(
+                "{} token embeddings for a vocabulary of {}",
+                token_embedding.w.rows(),
+                h.n_vocab
+            )));
+        }
+        let kernel = Kernel::detect();
+        debug!(
+            kernel = kernel.as_str(),
+            threads, "whisper loaded for the engine"
+        );
+        Ok(Whisper {
+            hparams: h,
+            filters: file.filters.clone(),
+            vocab: file.vocab.clone(),
+            kernel,
+            threads: threads.max(1),
+            conv1: Linear::conv(file, "encoder.conv1", conv1_cols)?,
+            conv1_cols,
+            conv2: Linear::conv(file, "encoder.conv2", 3 * sa)?,
+            audio_pos: file.floats("encoder.positional_embedding", h.n_audio_ctx * sa)?,
+            encoder,
+            ln_post: Norm::load(file, "encoder.ln_post", sa)?,
+            token_embedding,
+            text_pos: file.floats("decoder.positional_embedding", h.n_text_ctx * st)?,
+            decoder,
+            ln: Norm::load(file, "decoder.ln", st)?,
+        })
+    }
+
+    fn linear(&self, l: &Linear, x: &[f32], cols: usize, out: &mut [f32], write: Write) {
+        let a = quantized(x, cols);
+        l.apply(
+            self.kernel,
+            self.threads,
+            a.rows(x.len() / cols),
+            out,
+            write,
+        );
+    }
+
+    /// Runs the encoder over `2 × n_ctx` mel frames from frame `offset` (zeros past the
+    /// spectrogram's end) and computes every decoder layer's cross-attention keys and values.
+    pub fn encode(&self, mel: &Mel, offset: usize, n_ctx: usize) -> Result<Encoded> {
+        let h = &self.hparams;
+        if n_ctx == 0 || n_ctx > h.n_audio_ctx || mel.n_mel != h.n_mels {
+            return Err(Error::InvalidInput(format!(
+                "an encoder of {n_ctx} positions over {} mel bands (the model: at most {}, {} bands)",
+                mel.n_mel, h.n_audio_ctx, h.n_mels
+            )));
+        }
+        let n = h.n_audio_state;
+        let frames = 2 * n_ctx;
+        let frame = |band: usize, t: isize| -> f32 {
+            if t < 0 || t as usize >= frames || offset + t as usize >= mel.n_len {
+                0.0
+            } else {
+                mel.data[band * mel.n_len + offset + t as usize]
+            }
+        };
+        // conv1: kernel 3, padding 1, over the frames.
+        let mut unfolded = vec![0.0f32; frames * self.conv1_cols];
+        for (t, row) in unfolded.chunks_exact_mut(self.conv1_cols).enumerate() {
+            for band in 0..h.n_mels {
+                for k in 0..3 {
+                    row[band * 3 + k] = frame(band, t as isize - 1 + k as isize);
+                }
+            }
+        }
+        let mut h1 = vec![0.0f32; frames * n];
+        self.linear(
+            &self.conv1,
+            &unfolded,
+            self.conv1_cols,
+            &mut h1,
+            Write::Store,
+        );
+        h1.iter_mut().for_each(|v| *v = gelu(*v));
+        // conv2: kernel 3, padding 1, stride 2.
+        let mut unfolded = vec![0.0f32; n_ctx * 3 * n];
+        for (t, row) in unfolded.chunks_exact_mut(3 * n).enumerate() {
+            for k in 0..3 {
+                let src = 2 * t as isize - 1 + k as isize;
+                if src < 0 || src as usize >= frames {
+                    continue;
+                }
+                let src = &h1[src as usize * n..(src as usize + 1) * n];
+                for (c, v) in src.iter().enumerate() {
+                    row[c * 3 + k] = *v;
+                }
+            }
+        }
+        let mut x = vec![0.0f32; n_ctx * n];
+        self.linear(&self.conv2, &unfolded, 3 * n, &mut x, Write::Store);
+        for (v, p) in x.iter_mut().zip(&self.audio_pos) {
+            *v = gelu(*v) + p;
+        }
+
+        let mut xn = vec![0.0f32; n_ctx * n];
+        let mut qkv = vec![0.0f32; n_ctx * 3 * n];
+        let mut attn = vec![0.0f32; n_ctx * n];
+        let mut mlp = vec![0.0f32; n_ctx * 4 * n];
+        for layer in &self.encoder {
+            layer.attn_ln.apply(&x, &mut xn);
+            self.linear(&layer.qkv, &xn, n, &mut qkv, Write::Store);
+            self.audio_attention(&qkv, n_ctx, &mut attn);
+            self.linear(&layer.out, &attn, n, &mut x, Write::Add);
+            layer.mlp_ln.apply(&x, &mut xn);
+            let hidden = layer.fc1.w.rows();
+            let mlp = &mut mlp[..n_ctx * hidden];
+            self.linear(&layer.fc1, &xn, n, mlp, Write::Store);
+            mlp.iter_mut().for_each(|v| *v = gelu(*v));
+            self.linear(&layer.fc2, mlp, hidden, &mut x, Write::Add);
+        }
+        self.ln_post.apply(&x, &mut xn);
+
+        let scale = (self.head_dim() as f32).powf(-0.25);
+        let cross = self
+            .decoder
+            .iter()
+            .map(|layer| {
+                let mut kv = vec![0.0f32; n_ctx * 2 * n];
+                self.linear(&layer.cross_kv, &xn, n, &mut kv, Write::Store);
+                for row in kv.chunks_exact_mut(2 * n) {
+                    row[..n].iter_mut().for_each(|v| *v *= scale);
+                }
+                kv
+            })
+            .collect();
+        Ok(Encoded { n_ctx, cross })
+    }
+
+    fn head_dim(&self) -> usize {
+        self.hparams.n_audio_state / self.hparams.n_audio_head
+    }
+
+    /// Self-attention over the audio positions: `qkv` holds each position's query, key and
+    /// value; each head's output goes to its columns of `out`.
+    fn audio_attention(&self, qkv: &[f32], n_ctx: usize, out: &mut [f32]) {
+        let n = self.hparams.n_audio_state;
+        let heads = self.hparams.n_audio_head;
+        let d = self.head_dim();
+        let scale = 1.0 / (d as f32).sqrt();
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let per = heads.div_ceil(self.threads);
+        thread::scope(|s| {
+            for first in (0..heads).step_by(per) {
+                s.spawn(move || {
+                    let out_ptr = out_ptr;
+                    let mut scores = vec![0.0f32; n_ctx * n_ctx];
+                    for head in first..(first + per).min(heads) {
+                        let q = qkv[head * d..].as_ptr();
+                        let k = qkv[n + head * d..].as_ptr();
+                        let v = qkv[2 * n + head * d..].as_ptr();
+                        let row = (3 * n) as isize;
+                        // SAFETY: every index stays inside `qkv`, `scores` and this head's
+                        // columns of `out`, which no other thread writes.
+                        unsafe {
+                            gemm::gemm(
+                                n_ctx,
+                                n_ctx,
+                                d,
+                                scores.as_mut_ptr(),
+                                1,
+                                n_ctx as isize,
+                                false,
+                                q,
+                                1,
+                                row,
+                                k,
+                                row,
+                                1,
+                                0.0,
+                                scale,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                        scores.chunks_exact_mut(n_ctx).for_each(softmax);
+                        unsafe {
+                            gemm::gemm(
+                                n_ctx,
+                                d,
+                                n_ctx,
+                                out_ptr.0.add(head * d),
+                                1,
+                                n as isize,
+                                false,
+                                scores.as_ptr(),
+                                1,
+                                n_ctx as isize,
+                                v,
+                                1,
+                                row,
+                                0.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    /// A new token sequence attending to `encoded`.
+    pub fn start<'a>(&'a self, encoded: &'a Encoded) -> Decoding<'a> {
+        Decoding {
+            model: self,
+            encoded,
+            cache: vec![Vec::new(); self.decoder.len()],
+            len: 0,
+        }
+    }
+}
+
+impl Decoding<'_> {
+    /// Tokens decoded so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True before the first token.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Decodes `tokens` after those before and gives the logits of the last one.
+    pub fn decode(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let m = self.model;
+        let h = &m.hparams;
+        let n = h.n_text_state;
+        let heads = h.n_text_head;
+        let d = n / heads;
+        let count = tokens.len();
+        if count == 0 || self.len + count > h.n_text_ctx {
+            return Err(Error::InvalidInput(format!(
+                "{count} tokens after {} (the decoder holds {})",
+                self.len, h.n_text_ctx
+            )));
+        }
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= h.n_vocab) {
+            return Err(Error::InvalidInput(format!(
+                "token {bad} is outside the vocabulary"
+            )));
+        }
+        let mut x = vec![0.0f32; count * n];
+        for (i, (row, &t)) in x.chunks_exact_mut(n).zip(tokens).enumerate() {
+            m.token_embedding.w.row(t as usize, row);
+            let pos = &m.text_pos[(self.len + i) * n..(self.len + i + 1) * n];
+            row.iter_mut().zip(pos).for_each(|(v, p)| *v += p);
+        }
+        let scale = (d as f32).powf(-0.25);
+        let mut xn = vec![0.0f32; count * n];
+        let mut qkv = vec![0.0f32; count * 3 * n];
+        let mut attn = vec![0.0f32; count * n];
+        let mut q = vec![0.0f32; count * n];
+        let n_ctx = self.encoded.n_ctx;
+        let mut weights = vec![0.0f32; n_ctx.max(self.len + count)];
+        for (layer, (l, cache)) in m.decoder.iter().zip(&mut self.cache).enumerate() {
+            l.attn_ln.apply(&x, &mut xn);
+            m.linear(&l.qkv, &xn, n, &mut qkv, Write::Store);
+            for row in qkv.chunks_exact(3 * n) {
+                cache.extend(row[n..2 * n].iter().map(|v| v * scale));
+                cache.extend(&row[2 * n..]);
+            }
+            // Causal self-attention: token i sees positions up to its own.
+            for i in 0..count {
+                let seen = self.len + i + 1;
+                let query = &qkv[i * 3 * n..i * 3 * n + n];
+                for head in 0..heads {
+                    let qh: Vec<f32> = query[head * d..(head + 1) * d]
+                        .iter()
+                        .map(|v| v * scale)
+                        .collect();
+                    let w = &mut weights[..seen];
+                    for (p, w) in w.iter_mut().enumerate() {
+                        let k = &cache[p * 2 * n + head * d..p * 2 * n + (head + 1) * d];
+                        *w = qh.iter().zip(k).map(|(a, b)| a * b).sum();
+                    }
+                    softmax(w);
+                    let o = &mut attn[i * n + head * d..i * n + (head + 1) * d];
+                    o.fill(0.0);
+                    for (p, w) in w.iter().enumerate() {
+                        let v = &cache[p * 2 * n + n + head * d..p * 2 * n + n + (head + 1) * d];
+                        o.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+                    }
+                }
+            }
+            m.linear(&l.out, &attn, n, &mut x, Write::Add);
+
+            l.cross_ln.apply(&x, &mut xn);
+            m.linear(&l.cross_q, &xn, n, &mut q, Write::Store);
+            let cross = &self.encoded.cross[layer];
+            for i in 0..count {
+                for head in 0..heads {
+                    let qh = &q[i * n + head * d..i * n + (head + 1) * d];
+                    let w = &mut weights[..n_ctx];
+                    for (p, w) in w.iter_mut().enumerate() {
+                        let k = &cross[p * 2 * n + head * d..p * 2 * n + (head + 1) * d];
+                        *w = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    }
+                    softmax(w);
+                    let o = &mut attn[i * n + head * d..i * n + (head + 1) * d];
+                    o.fill(0.0);
+                    for (p, w) in w.iter().enumerate() {
+                        let v = &cross[p * 2 * n + n + head * d..p * 2 * n + n + (head + 1) * d];
+                        o.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+                    }
+                }
+            }
+            m.linear(&l.cross_out, &attn, n, &mut x, Write::Add);
+
+            l.mlp_ln.apply(&x, &mut xn);
+            let hidden = l.fc1.w.rows();
+            let mut mlp = vec![0.0f32; count * hidden];
+            m.linear(&l.fc1, &xn, n, &mut mlp, Write::Store);
+            mlp.iter_mut().for_each(|v| *v = gelu(*v));
+            m.linear(&l.fc2, &mlp, hidden, &mut x, Write::Add);
+        }
+        self.len += count;
+        let last = &x[(count - 1) * n..];
+        let mut out = vec![0.0f32; n];
+        m.ln.apply(last, &mut out);
+        let mut logits = vec![0.0f32; h.n_vocab];
+        m.linear(&m.token_embedding, &out, n, &mut logits, Write::Store);
+        Ok(logits)
+    }
+}
