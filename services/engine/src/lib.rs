@@ -26,7 +26,7 @@ mod avx512;
 mod error;
 pub mod model;
 mod pages;
-mod team;
+pub mod team;
 
 pub use activations::{Activations, Rows};
 pub use error::{Error, Result};

@@ -60,7 +60,7 @@ impl Barrier {
 
 /// One thread's place in the team.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Member<'a> {
+pub struct Member<'a> {
     pub id: usize,
     pub threads: usize,
     barrier: &'a Barrier,
@@ -92,7 +92,7 @@ impl Drop for PoisonOnPanic<'_> {
 
 /// Runs `work` on `threads` threads (this one and `threads - 1` spawned), each with its
 /// [`Member`]. Returns `Err` with the message of a thread's panic.
-pub(crate) fn run(threads: usize, work: impl Fn(Member) + Sync) -> Result<(), String> {
+pub fn run(threads: usize, work: impl Fn(Member) + Sync) -> Result<(), String> {
     let threads = threads.max(1);
     let barrier = Barrier::new(threads);
     let member = |id| Member {
@@ -124,7 +124,7 @@ pub(crate) fn run(threads: usize, work: impl Fn(Member) + Sync) -> Result<(), St
 
 /// A slice several threads write in disjoint parts between barriers.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Shared<T> {
+pub struct Shared<T> {
     ptr: *mut T,
     len: usize,
 }

@@ -10,7 +10,8 @@
 use std::thread;
 
 use candle_core::quantized::GgmlDType;
-use companion_engine::matrix::{BLOCK, Stored, Write};
+use companion_engine::matrix::{BLOCK, Stored, TILE, Write};
+use companion_engine::team::{self, Member, Shared};
 use companion_engine::{Activations, Kernel, Matrix, Rows};
 use tracing::debug;
 
@@ -143,53 +144,40 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Attention of each row of `queries` (`heads × d` values) over the first `seen(i)` positions
-/// of `kv`, scores scaled by `scale`, into the same row of `out`; the heads shared between
-/// `threads` threads.
+/// Attention of head `head` of each of `rows` queries (rows of `queries`, `n` apart) over the
+/// first `seen(i)` positions of `keys` and `values` (this head's, `d` values a position),
+/// into the same columns of the rows of `out`.
+///
+/// # Safety
+/// No other thread may access this head's columns of `out` during the call.
 #[allow(clippy::too_many_arguments)]
-fn attend(
+unsafe fn attend_head(
     queries: &[f32],
-    kv: &HeadMajor,
-    seen: &(dyn Fn(usize) -> usize + Sync),
-    heads: usize,
+    rows: usize,
+    n: usize,
+    head: usize,
     d: usize,
+    keys: &[f32],
+    values: &[f32],
+    seen: impl Fn(usize) -> usize,
     scale: f32,
-    out: &mut [f32],
-    threads: usize,
+    weights: &mut [f32],
+    out: &Shared<f32>,
 ) {
-    let n = heads * d;
-    let rows = queries.len() / n;
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let per = heads.div_ceil(threads.max(1));
-    let work = move |first: usize| {
-        let out_ptr = out_ptr;
-        let mut w = vec![0.0f32; kv.cap];
-        for head in first..(first + per).min(heads) {
-            let keys = &kv.keys[head * kv.cap * d..(head + 1) * kv.cap * d];
-            let values = &kv.values[head * kv.cap * d..(head + 1) * kv.cap * d];
-            for i in 0..rows {
-                let q = &queries[i * n + head * d..i * n + (head + 1) * d];
-                let w = &mut w[..seen(i)];
-                for (w, k) in w.iter_mut().zip(keys.chunks_exact(d)) {
-                    *w = dot(q, k) * scale;
-                }
-                softmax(w);
-                // SAFETY: this thread alone writes this head's columns of `out`.
-                let o =
-                    unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(i * n + head * d), d) };
-                o.fill(0.0);
-                for (w, v) in w.iter().zip(values.chunks_exact(d)) {
-                    o.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
-                }
-            }
+    for i in 0..rows {
+        let q = &queries[i * n + head * d..i * n + (head + 1) * d];
+        let w = &mut weights[..seen(i)];
+        for (w, k) in w.iter_mut().zip(keys.chunks_exact(d)) {
+            *w = dot(q, k) * scale;
         }
-    };
-    thread::scope(|s| {
-        for first in (0..heads).step_by(per).skip(1) {
-            s.spawn(move || work(first));
+        softmax(w);
+        // SAFETY: this head's columns are the caller's alone.
+        let o = unsafe { out.part(i * n + head * d..i * n + (head + 1) * d) };
+        o.fill(0.0);
+        for (w, v) in w.iter().zip(values.chunks_exact(d)) {
+            o.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
         }
-        work(0);
-    });
+    }
 }
 
 fn stored<'a>(file: &'a WhisperFile, name: &'a str) -> Result<Stored<'a>> {
@@ -447,6 +435,40 @@ impl Whisper {
         })
     }
 
+    /// This thread's share of `l`'s tiles: `out[t × rows + r] (=|+=) W[r] · x_t + b[r]` for the
+    /// rows `r` of those tiles, then GELU if `activate`.
+    fn product_share(
+        &self,
+        t: &Member,
+        l: &Linear,
+        x: Rows,
+        out: &Shared<f32>,
+        write: Write,
+        activate: bool,
+    ) {
+        let tiles = l.w.tiles();
+        let per = tiles.div_ceil(t.threads);
+        let mine = (t.id * per).min(tiles)..((t.id + 1) * per).min(tiles);
+        let rows = l.w.rows();
+        // SAFETY: each thread writes the rows of its own tiles only.
+        unsafe {
+            l.w.multiply_raw(self.kernel, x, mine.clone(), out.ptr(), rows, write)
+        };
+        let my_rows = (mine.start * TILE).min(rows)..(mine.end * TILE).min(rows);
+        for token in 0..x.tokens() {
+            // SAFETY: as above.
+            let o = unsafe { out.part(token * rows + my_rows.start..token * rows + my_rows.end) };
+            if !l.b.is_empty() {
+                o.iter_mut()
+                    .zip(&l.b[my_rows.clone()])
+                    .for_each(|(o, b)| *o += b);
+            }
+            if activate {
+                o.iter_mut().for_each(|v| *v = gelu(*v));
+            }
+        }
+    }
+
     fn linear(&self, l: &Linear, x: &[f32], cols: usize, out: &mut [f32], write: Write) {
         let a = quantized(x, cols);
         l.apply(
@@ -684,56 +706,138 @@ impl Decoding<'_> {
             let pos = &m.text_pos[(self.len + i) * n..(self.len + i + 1) * n];
             row.iter_mut().zip(pos).for_each(|(v, p)| *v += p);
         }
-        let scale = (d as f32).powf(-0.25);
-        let mut xn = vec![0.0f32; count * n];
+        let hidden = m.decoder.first().map_or(n, |l| l.fc1.w.rows());
         let mut qkv = vec![0.0f32; count * 3 * n];
         let mut attn = vec![0.0f32; count * n];
         let mut q = vec![0.0f32; count * n];
-        let n_ctx = self.encoded.n_ctx;
-        let mut queries = vec![0.0f32; count * n];
-        for (layer, (l, cache)) in m.decoder.iter().zip(&mut self.cache).enumerate() {
-            l.attn_ln.apply(&x, &mut xn);
-            m.linear(&l.qkv, &xn, n, &mut qkv, Write::Store);
-            for (i, row) in qkv.chunks_exact_mut(3 * n).enumerate() {
-                let (q, kv) = row.split_at_mut(n);
-                let (k, v) = kv.split_at_mut(n);
-                q.iter_mut().chain(k.iter_mut()).for_each(|v| *v *= scale);
-                cache.put(self.len + i, k, v, d);
-                queries[i * n..(i + 1) * n].copy_from_slice(q);
-            }
-            // Causal self-attention: token i sees the positions up to its own.
-            let len = self.len;
-            attend(
-                &queries,
-                cache,
-                &|i| len + i + 1,
-                heads,
-                d,
-                1.0,
-                &mut attn,
-                m.threads,
-            );
-            m.linear(&l.out, &attn, n, &mut x, Write::Add);
-
-            l.cross_ln.apply(&x, &mut xn);
-            m.linear(&l.cross_q, &xn, n, &mut q, Write::Store);
-            let cross = &self.encoded.cross[layer];
-            attend(&q, cross, &|_| n_ctx, heads, d, scale, &mut attn, m.threads);
-            m.linear(&l.cross_out, &attn, n, &mut x, Write::Add);
-
-            l.mlp_ln.apply(&x, &mut xn);
-            let hidden = l.fc1.w.rows();
-            let mut mlp = vec![0.0f32; count * hidden];
-            m.linear(&l.fc1, &xn, n, &mut mlp, Write::Store);
-            mlp.iter_mut().for_each(|v| *v = gelu(*v));
-            m.linear(&l.fc2, &mlp, hidden, &mut x, Write::Add);
-        }
-        self.len += count;
-        let last = &x[(count - 1) * n..];
-        let mut out = vec![0.0f32; n];
-        m.ln.apply(last, &mut out);
+        let mut mlp = vec![0.0f32; count * hidden];
         let mut logits = vec![0.0f32; h.n_vocab];
-        m.linear(&m.token_embedding, &out, n, &mut logits, Write::Store);
+        let (xs, qkvs, attns, qs, mlps, logits_s) = (
+            Shared::new(&mut x),
+            Shared::new(&mut qkv),
+            Shared::new(&mut attn),
+            Shared::new(&mut q),
+            Shared::new(&mut mlp),
+            Shared::new(&mut logits),
+        );
+        let caches: Vec<(Shared<f32>, Shared<f32>, usize)> = self
+            .cache
+            .iter_mut()
+            .map(|c| (Shared::new(&mut c.keys), Shared::new(&mut c.values), c.cap))
+            .collect();
+        let (len, encoded) = (self.len, self.encoded);
+        let scale = (d as f32).powf(-0.25);
+        let per_head = heads.div_ceil(m.threads);
+
+        // Every thread runs every step: the small row-wise work (layer norms, quantizing a few
+        // rows) on its own copy, the products on its share of the tiles, attention on its
+        // share of the heads, with a barrier wherever a step reads what others wrote.
+        team::run(m.threads, |t: Member| {
+            let my_heads = (t.id * per_head).min(heads)..((t.id + 1) * per_head).min(heads);
+            let mut xn = vec![0.0f32; count * n];
+            let mut weights = vec![0.0f32; encoded.n_ctx.max(h.n_text_ctx)];
+            let norm_and_quantize = |norm: &Norm, xn: &mut [f32]| {
+                // SAFETY: nobody writes x between the barriers around this step.
+                norm.apply(unsafe { xs.all() }, xn);
+                quantized(xn, n)
+            };
+            for (layer, (l, (keys, values, cap))) in m.decoder.iter().zip(&caches).enumerate() {
+                let a = norm_and_quantize(&l.attn_ln, &mut xn);
+                m.product_share(&t, &l.qkv, a.rows(count), &qkvs, Write::Store, false);
+                t.sync_while(|| {});
+                // SAFETY: qkv is only read until the next barrier; each thread writes the
+                // cache rows and the attention columns of its own heads.
+                let qkv = unsafe { qkvs.all() };
+                for head in my_heads.clone() {
+                    let (k_head, v_head) = unsafe {
+                        (
+                            keys.part(head * cap * d..(head + 1) * cap * d),
+                            values.part(head * cap * d..(head + 1) * cap * d),
+                        )
+                    };
+                    let mut queries = vec![0.0f32; count * n];
+                    for i in 0..count {
+                        let row = &qkv[i * 3 * n..(i + 1) * 3 * n];
+                        let at = (len + i) * d;
+                        for c in 0..d {
+                            queries[i * n + head * d + c] = row[head * d + c] * scale;
+                            k_head[at + c] = row[n + head * d + c] * scale;
+                            v_head[at + c] = row[2 * n + head * d + c];
+                        }
+                    }
+                    // Causal: token i sees the positions up to its own.
+                    unsafe {
+                        attend_head(
+                            &queries,
+                            count,
+                            n,
+                            head,
+                            d,
+                            k_head,
+                            v_head,
+                            |i| len + i + 1,
+                            1.0,
+                            &mut weights,
+                            &attns,
+                        )
+                    };
+                }
+                t.sync_while(|| {});
+                let a = quantized(unsafe { attns.all() }, n);
+                m.product_share(&t, &l.out, a.rows(count), &xs, Write::Add, false);
+                t.sync_while(|| {});
+
+                let a = norm_and_quantize(&l.cross_ln, &mut xn);
+                m.product_share(&t, &l.cross_q, a.rows(count), &qs, Write::Store, false);
+                t.sync_while(|| {});
+                let cross = &encoded.cross[layer];
+                // SAFETY: q is only read until the next barrier.
+                let q = unsafe { qs.all() };
+                for head in my_heads.clone() {
+                    let block = head * cross.cap * d..(head + 1) * cross.cap * d;
+                    unsafe {
+                        attend_head(
+                            q,
+                            count,
+                            n,
+                            head,
+                            d,
+                            &cross.keys[block.clone()],
+                            &cross.values[block],
+                            |_| encoded.n_ctx,
+                            scale,
+                            &mut weights,
+                            &attns,
+                        )
+                    };
+                }
+                t.sync_while(|| {});
+                let a = quantized(unsafe { attns.all() }, n);
+                m.product_share(&t, &l.cross_out, a.rows(count), &xs, Write::Add, false);
+                t.sync_while(|| {});
+
+                let a = norm_and_quantize(&l.mlp_ln, &mut xn);
+                m.product_share(&t, &l.fc1, a.rows(count), &mlps, Write::Store, true);
+                t.sync_while(|| {});
+                let a = quantized(unsafe { mlps.all() }, hidden);
+                m.product_share(&t, &l.fc2, a.rows(count), &xs, Write::Add, false);
+                t.sync_while(|| {});
+            }
+            let last = unsafe { &xs.all()[(count - 1) * n..] };
+            let mut out = vec![0.0f32; n];
+            m.ln.apply(last, &mut out);
+            let a = quantized(&out, n);
+            m.product_share(
+                &t,
+                &m.token_embedding,
+                a.rows(1),
+                &logits_s,
+                Write::Store,
+                false,
+            );
+        })
+        .map_err(|e| Error::InvalidInput(format!("a decoder thread failed: {e}")))?;
+        self.len += count;
         Ok(logits)
     }
 }
