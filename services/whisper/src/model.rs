@@ -82,21 +82,25 @@ pub struct Whisper {
     ln: Norm,
 }
 
-/// Keys and values of one attention layer, head by head: `[head][position][dimension]`,
-/// room for `cap` positions per head, so that a head's positions are one run of memory.
+/// Keys and values of one attention layer, head by head, with room for `cap` positions per
+/// head so that a head's positions are one run of memory: values `[head][position][dimension]`,
+/// keys the same or, with `columns`, `[head][dimension][position]` (then a query's scores over
+/// many positions are sums of whole rows, with no sum across lanes per position).
 #[derive(Clone)]
 struct HeadMajor {
     keys: Vec<f32>,
     values: Vec<f32>,
     cap: usize,
+    columns: bool,
 }
 
 impl HeadMajor {
-    fn new(heads: usize, cap: usize, d: usize) -> HeadMajor {
+    fn new(heads: usize, cap: usize, d: usize, columns: bool) -> HeadMajor {
         HeadMajor {
             keys: vec![0.0; heads * cap * d],
             values: vec![0.0; heads * cap * d],
             cap,
+            columns,
         }
     }
 
@@ -104,8 +108,71 @@ impl HeadMajor {
     fn put(&mut self, pos: usize, key: &[f32], value: &[f32], d: usize) {
         for (head, (k, v)) in key.chunks_exact(d).zip(value.chunks_exact(d)).enumerate() {
             let at = (head * self.cap + pos) * d;
-            self.keys[at..at + d].copy_from_slice(k);
             self.values[at..at + d].copy_from_slice(v);
+            if self.columns {
+                for (c, k) in k.iter().enumerate() {
+                    self.keys[(head * d + c) * self.cap + pos] = *k;
+                }
+            } else {
+                self.keys[at..at + d].copy_from_slice(k);
+            }
+        }
+    }
+
+    /// Head `head`'s keys.
+    fn head_keys(&self, head: usize, d: usize) -> Keys<'_> {
+        let block = &self.keys[head * self.cap * d..(head + 1) * self.cap * d];
+        if self.columns {
+            Keys::Columns(block, self.cap)
+        } else {
+            Keys::Rows(block)
+        }
+    }
+}
+
+/// One head's keys: a row per position, or a row per dimension of `cap` positions.
+#[derive(Clone, Copy)]
+enum Keys<'a> {
+    Rows(&'a [f32]),
+    Columns(&'a [f32], usize),
+}
+
+/// `w[p] = scale × q · key[p]` for the positions of `w`.
+fn scores(q: &[f32], keys: Keys, scale: f32, w: &mut [f32]) {
+    match keys {
+        Keys::Rows(keys) => {
+            for (w, k) in w.iter_mut().zip(keys.chunks_exact(q.len())) {
+                *w = dot(q, k) * scale;
+            }
+        }
+        Keys::Columns(keys, cap) => {
+            w.fill(0.0);
+            let len = w.len();
+            for (c, &qc) in q.iter().enumerate() {
+                let row = &keys[c * cap..c * cap + len];
+                w.iter_mut().zip(row).for_each(|(w, k)| *w += qc * k);
+            }
+            w.iter_mut().for_each(|w| *w *= scale);
+        }
+    }
+}
+
+/// `out = Σ_p w[p] × value[p]` (rows of `out.len()` values).
+fn weighted_sum(w: &[f32], values: &[f32], out: &mut [f32]) {
+    const D: usize = 64;
+    if out.len() == D {
+        // Whisper's heads are all 64 wide: the sum stays in registers.
+        let mut acc = [0.0f32; D];
+        for (w, v) in w.iter().zip(values.chunks_exact(D)) {
+            for c in 0..D {
+                acc[c] += w * v[c];
+            }
+        }
+        out.copy_from_slice(&acc);
+    } else {
+        out.fill(0.0);
+        for (w, v) in w.iter().zip(values.chunks_exact(out.len())) {
+            out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
         }
     }
 }
@@ -157,7 +224,7 @@ unsafe fn attend_head(
     n: usize,
     head: usize,
     d: usize,
-    keys: &[f32],
+    keys: Keys,
     values: &[f32],
     seen: impl Fn(usize) -> usize,
     scale: f32,
@@ -167,16 +234,11 @@ unsafe fn attend_head(
     for i in 0..rows {
         let q = &queries[i * n + head * d..i * n + (head + 1) * d];
         let w = &mut weights[..seen(i)];
-        for (w, k) in w.iter_mut().zip(keys.chunks_exact(d)) {
-            *w = dot(q, k) * scale;
-        }
+        scores(q, keys, scale, w);
         softmax(w);
         // SAFETY: this head's columns are the caller's alone.
         let o = unsafe { out.part(i * n + head * d..i * n + (head + 1) * d) };
-        o.fill(0.0);
-        for (w, v) in w.iter().zip(values.chunks_exact(d)) {
-            o.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
-        }
+        weighted_sum(w, values, o);
     }
 }
 
@@ -562,7 +624,8 @@ impl Whisper {
             .map(|layer| {
                 let mut kv = vec![0.0f32; n_ctx * 2 * n];
                 self.linear(&layer.cross_kv, &xn, n, &mut kv, Write::Store);
-                let mut heads = HeadMajor::new(self.hparams.n_text_head, n_ctx, self.head_dim());
+                let mut heads =
+                    HeadMajor::new(self.hparams.n_text_head, n_ctx, self.head_dim(), true);
                 for (pos, row) in kv.chunks_exact_mut(2 * n).enumerate() {
                     let (k, v) = row.split_at_mut(n);
                     k.iter_mut().for_each(|v| *v *= scale);
@@ -662,6 +725,7 @@ impl Whisper {
                     self.hparams.n_text_head,
                     self.hparams.n_text_ctx,
                     self.hparams.n_text_state / self.hparams.n_text_head,
+                    false,
                 );
                 self.decoder.len()
             ],
@@ -683,35 +747,117 @@ impl Decoding<'_> {
 
     /// Decodes `tokens` after those before and gives the logits of the last one.
     pub fn decode(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let m = self.model;
-        let h = &m.hparams;
+        let (model, encoded) = (self.model, self.encoded);
+        let rows: Vec<Row> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, &token)| Row {
+                seq: 0,
+                pos: self.len + i,
+                token,
+            })
+            .collect();
+        let mut logits = model.pass(encoded, &mut [self], &rows)?;
+        Ok(logits.pop().unwrap_or_default())
+    }
+}
+
+/// One row of a decoder pass: a token of sequence `seq` at position `pos`.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    seq: usize,
+    pos: usize,
+    token: u32,
+}
+
+impl<'a> Whisper {
+    /// Decodes one more token of each of `seqs` (`tokens[i]` for `seqs[i]`), all in one pass
+    /// that reads the weights once, and gives each sequence's logits: a step of beam search.
+    pub fn decode_each(
+        &self,
+        seqs: &mut [&mut Decoding<'a>],
+        tokens: &[u32],
+    ) -> Result<Vec<Vec<f32>>> {
+        if seqs.len() != tokens.len() {
+            return Err(Error::InvalidInput(format!(
+                "{} tokens for {} sequences",
+                tokens.len(),
+                seqs.len()
+            )));
+        }
+        let Some(first) = seqs.first() else {
+            return Ok(Vec::new());
+        };
+        let encoded = first.encoded;
+        if seqs
+            .iter()
+            .any(|s| !std::ptr::eq(s.encoded, encoded) || !std::ptr::eq(s.model, self))
+        {
+            return Err(Error::InvalidInput(
+                "the sequences of one pass must share the model and the audio".into(),
+            ));
+        }
+        let rows: Vec<Row> = seqs
+            .iter()
+            .zip(tokens)
+            .enumerate()
+            .map(|(seq, (s, &token))| Row {
+                seq,
+                pos: s.len,
+                token,
+            })
+            .collect();
+        self.pass(encoded, seqs, &rows)
+    }
+
+    /// A decoder pass over `rows` (each sequence's rows in order of position, its first at
+    /// the sequence's length), extending each sequence's cache; gives the logits of each
+    /// sequence's last row, in the order of `seqs`.
+    fn pass(
+        &self,
+        encoded: &Encoded,
+        seqs: &mut [&mut Decoding<'a>],
+        rows: &[Row],
+    ) -> Result<Vec<Vec<f32>>> {
+        let h = &self.hparams;
         let n = h.n_text_state;
         let heads = h.n_text_head;
         let d = n / heads;
-        let count = tokens.len();
-        if count == 0 || self.len + count > h.n_text_ctx {
-            return Err(Error::InvalidInput(format!(
-                "{count} tokens after {} (the decoder holds {})",
-                self.len, h.n_text_ctx
-            )));
+        let count = rows.len();
+        if count == 0 {
+            return Err(Error::InvalidInput("no tokens to decode".into()));
         }
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= h.n_vocab) {
-            return Err(Error::InvalidInput(format!(
-                "token {bad} is outside the vocabulary"
-            )));
+        for r in rows {
+            if r.pos >= h.n_text_ctx {
+                return Err(Error::InvalidInput(format!(
+                    "position {} is past the decoder's {}",
+                    r.pos, h.n_text_ctx
+                )));
+            }
+            if r.token as usize >= h.n_vocab {
+                return Err(Error::InvalidInput(format!(
+                    "token {} is outside the vocabulary",
+                    r.token
+                )));
+            }
         }
+        // Each sequence's last row, whose logits are wanted.
+        let last: Vec<usize> = (0..seqs.len())
+            .map(|s| rows.iter().rposition(|r| r.seq == s))
+            .collect::<Option<_>>()
+            .ok_or_else(|| Error::InvalidInput("a sequence without a token".into()))?;
         let mut x = vec![0.0f32; count * n];
-        for (i, (row, &t)) in x.chunks_exact_mut(n).zip(tokens).enumerate() {
-            m.token_embedding.w.row(t as usize, row);
-            let pos = &m.text_pos[(self.len + i) * n..(self.len + i + 1) * n];
+        for (row, r) in x.chunks_exact_mut(n).zip(rows) {
+            self.token_embedding.w.row(r.token as usize, row);
+            let pos = &self.text_pos[r.pos * n..(r.pos + 1) * n];
             row.iter_mut().zip(pos).for_each(|(v, p)| *v += p);
         }
-        let hidden = m.decoder.first().map_or(n, |l| l.fc1.w.rows());
+        let hidden = self.decoder.first().map_or(n, |l| l.fc1.w.rows());
         let mut qkv = vec![0.0f32; count * 3 * n];
         let mut attn = vec![0.0f32; count * n];
         let mut q = vec![0.0f32; count * n];
         let mut mlp = vec![0.0f32; count * hidden];
-        let mut logits = vec![0.0f32; h.n_vocab];
+        let mut logits = vec![0.0f32; last.len() * h.n_vocab];
         let (xs, qkvs, attns, qs, mlps, logits_s) = (
             Shared::new(&mut x),
             Shared::new(&mut qkv),
@@ -720,19 +866,23 @@ impl Decoding<'_> {
             Shared::new(&mut mlp),
             Shared::new(&mut logits),
         );
-        let caches: Vec<(Shared<f32>, Shared<f32>, usize)> = self
-            .cache
+        // caches[seq][layer]: keys, values, positions per head.
+        let caches: Vec<Vec<(Shared<f32>, Shared<f32>, usize)>> = seqs
             .iter_mut()
-            .map(|c| (Shared::new(&mut c.keys), Shared::new(&mut c.values), c.cap))
+            .map(|s| {
+                s.cache
+                    .iter_mut()
+                    .map(|c| (Shared::new(&mut c.keys), Shared::new(&mut c.values), c.cap))
+                    .collect()
+            })
             .collect();
-        let (len, encoded) = (self.len, self.encoded);
         let scale = (d as f32).powf(-0.25);
-        let per_head = heads.div_ceil(m.threads);
+        let per_head = heads.div_ceil(self.threads);
 
         // Every thread runs every step: the small row-wise work (layer norms, quantizing a few
         // rows) on its own copy, the products on its share of the tiles, attention on its
         // share of the heads, with a barrier wherever a step reads what others wrote.
-        team::run(m.threads, |t: Member| {
+        team::run(self.threads, |t: Member| {
             let my_heads = (t.id * per_head).min(heads)..((t.id + 1) * per_head).min(heads);
             let mut xn = vec![0.0f32; count * n];
             let mut weights = vec![0.0f32; encoded.n_ctx.max(h.n_text_ctx)];
@@ -741,54 +891,54 @@ impl Decoding<'_> {
                 norm.apply(unsafe { xs.all() }, xn);
                 quantized(xn, n)
             };
-            for (layer, (l, (keys, values, cap))) in m.decoder.iter().zip(&caches).enumerate() {
+            for (layer, l) in self.decoder.iter().enumerate() {
                 let a = norm_and_quantize(&l.attn_ln, &mut xn);
-                m.product_share(&t, &l.qkv, a.rows(count), &qkvs, Write::Store, false);
+                self.product_share(&t, &l.qkv, a.rows(count), &qkvs, Write::Store, false);
                 t.sync_while(|| {});
                 // SAFETY: qkv is only read until the next barrier; each thread writes the
                 // cache rows and the attention columns of its own heads.
                 let qkv = unsafe { qkvs.all() };
+                let mut query = vec![0.0f32; n];
                 for head in my_heads.clone() {
-                    let (k_head, v_head) = unsafe {
-                        (
-                            keys.part(head * cap * d..(head + 1) * cap * d),
-                            values.part(head * cap * d..(head + 1) * cap * d),
-                        )
-                    };
-                    let mut queries = vec![0.0f32; count * n];
-                    for i in 0..count {
+                    let cols = head * d..(head + 1) * d;
+                    for (i, r) in rows.iter().enumerate() {
+                        let (keys, values, cap) = &caches[r.seq][layer];
+                        let block = head * cap * d..(head + 1) * cap * d;
+                        let (k_head, v_head) =
+                            unsafe { (keys.part(block.clone()), values.part(block)) };
                         let row = &qkv[i * 3 * n..(i + 1) * 3 * n];
-                        let at = (len + i) * d;
+                        let at = r.pos * d;
                         for c in 0..d {
-                            queries[i * n + head * d + c] = row[head * d + c] * scale;
-                            k_head[at + c] = row[n + head * d + c] * scale;
-                            v_head[at + c] = row[2 * n + head * d + c];
+                            query[head * d + c] = row[cols.start + c] * scale;
+                            k_head[at + c] = row[n + cols.start + c] * scale;
+                            v_head[at + c] = row[2 * n + cols.start + c];
                         }
+                        // Causal: a row sees its sequence's positions up to its own.
+                        let out = unsafe { Shared::new(attns.part(i * n..(i + 1) * n)) };
+                        unsafe {
+                            attend_head(
+                                &query,
+                                1,
+                                n,
+                                head,
+                                d,
+                                Keys::Rows(k_head),
+                                v_head,
+                                |_| r.pos + 1,
+                                1.0,
+                                &mut weights,
+                                &out,
+                            )
+                        };
                     }
-                    // Causal: token i sees the positions up to its own.
-                    unsafe {
-                        attend_head(
-                            &queries,
-                            count,
-                            n,
-                            head,
-                            d,
-                            k_head,
-                            v_head,
-                            |i| len + i + 1,
-                            1.0,
-                            &mut weights,
-                            &attns,
-                        )
-                    };
                 }
                 t.sync_while(|| {});
                 let a = quantized(unsafe { attns.all() }, n);
-                m.product_share(&t, &l.out, a.rows(count), &xs, Write::Add, false);
+                self.product_share(&t, &l.out, a.rows(count), &xs, Write::Add, false);
                 t.sync_while(|| {});
 
                 let a = norm_and_quantize(&l.cross_ln, &mut xn);
-                m.product_share(&t, &l.cross_q, a.rows(count), &qs, Write::Store, false);
+                self.product_share(&t, &l.cross_q, a.rows(count), &qs, Write::Store, false);
                 t.sync_while(|| {});
                 let cross = &encoded.cross[layer];
                 // SAFETY: q is only read until the next barrier.
@@ -802,7 +952,7 @@ impl Decoding<'_> {
                             n,
                             head,
                             d,
-                            &cross.keys[block.clone()],
+                            cross.head_keys(head, d),
                             &cross.values[block],
                             |_| encoded.n_ctx,
                             scale,
@@ -813,31 +963,38 @@ impl Decoding<'_> {
                 }
                 t.sync_while(|| {});
                 let a = quantized(unsafe { attns.all() }, n);
-                m.product_share(&t, &l.cross_out, a.rows(count), &xs, Write::Add, false);
+                self.product_share(&t, &l.cross_out, a.rows(count), &xs, Write::Add, false);
                 t.sync_while(|| {});
 
                 let a = norm_and_quantize(&l.mlp_ln, &mut xn);
-                m.product_share(&t, &l.fc1, a.rows(count), &mlps, Write::Store, true);
+                self.product_share(&t, &l.fc1, a.rows(count), &mlps, Write::Store, true);
                 t.sync_while(|| {});
                 let a = quantized(unsafe { mlps.all() }, hidden);
-                m.product_share(&t, &l.fc2, a.rows(count), &xs, Write::Add, false);
+                self.product_share(&t, &l.fc2, a.rows(count), &xs, Write::Add, false);
                 t.sync_while(|| {});
             }
-            let last = unsafe { &xs.all()[(count - 1) * n..] };
-            let mut out = vec![0.0f32; n];
-            m.ln.apply(last, &mut out);
+            let all = unsafe { xs.all() };
+            let mut out = vec![0.0f32; last.len() * n];
+            for (&i, out) in last.iter().zip(out.chunks_exact_mut(n)) {
+                self.ln.apply(&all[i * n..(i + 1) * n], out);
+            }
             let a = quantized(&out, n);
-            m.product_share(
+            self.product_share(
                 &t,
-                &m.token_embedding,
-                a.rows(1),
+                &self.token_embedding,
+                a.rows(last.len()),
                 &logits_s,
                 Write::Store,
                 false,
             );
         })
         .map_err(|e| Error::InvalidInput(format!("a decoder thread failed: {e}")))?;
-        self.len += count;
-        Ok(logits)
+        for (seq, s) in seqs.iter_mut().enumerate() {
+            s.len += rows.iter().filter(|r| r.seq == seq).count();
+        }
+        Ok(logits
+            .chunks_exact(h.n_vocab)
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 }

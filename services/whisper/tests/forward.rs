@@ -151,6 +151,56 @@ fn logits_agree_with_whisper_cpp_step_by_step() {
 }
 
 #[test]
+fn a_pass_over_several_sequences_gives_each_its_own_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = speech(
+        dir.path(),
+        "de",
+        "Guten Morgen, bitte rufen Sie mich zurück.",
+    );
+    let file = WhisperFile::open(&model()).unwrap();
+    let ours = Whisper::load(&file, THREADS).unwrap();
+    let mel = log_mel(&samples, &ours.filters, ours.hparams.n_mels);
+    let encoded = ours.encode(&mel, 0, 256).unwrap();
+    // Three sequences of different lengths: transcribing in German, in English, translating.
+    let (sot, english, german, translate, transcribe) = (50258, 50259, 50261, 50358, 50359);
+    let prompts: [&[u32]; 3] = [
+        &[sot, german, transcribe],
+        &[sot, english],
+        &[sot, german, translate, 50363],
+    ];
+    let steps: [u32; 3] = [13, 400, 1000];
+
+    let mut alone = Vec::new();
+    for (prompt, &next) in prompts.iter().zip(&steps) {
+        let mut d = ours.start(&encoded);
+        d.decode(prompt).unwrap();
+        alone.push(d.decode(&[next]).unwrap());
+    }
+    let mut seqs: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let mut d = ours.start(&encoded);
+            d.decode(p).unwrap();
+            d
+        })
+        .collect();
+    let mut refs: Vec<_> = seqs.iter_mut().collect();
+    let together = ours.decode_each(&mut refs, &steps).unwrap();
+    assert_eq!(together.len(), 3);
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        let (_, diff) = gap(a, b);
+        assert!(diff < 1e-3, "sequence {i}: logits differ by {diff}");
+    }
+    assert_eq!(seqs.iter().map(|s| s.len()).collect::<Vec<_>>(), [4, 3, 5]);
+    let mut refs: Vec<_> = seqs.iter_mut().collect();
+    assert!(
+        ours.decode_each(&mut refs, &[1, 2]).is_err(),
+        "a token per sequence"
+    );
+}
+
+#[test]
 fn bad_requests_are_errors() {
     let file = WhisperFile::open(&model()).unwrap();
     let ours = Whisper::load(&file, THREADS).unwrap();
