@@ -13,6 +13,8 @@ use candle_core::quantized::GgmlDType;
 use companion_engine::matrix::{BLOCK, Stored, TILE, Write};
 use companion_engine::team::{self, Member, Shared};
 use companion_engine::{Activations, Kernel, Matrix, Rows};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use tracing::debug;
 
 use crate::error::{Error, Result};
@@ -82,60 +84,72 @@ pub struct Whisper {
     ln: Norm,
 }
 
-/// Keys and values of one attention layer, head by head, with room for `cap` positions per
-/// head so that a head's positions are one run of memory: values `[head][position][dimension]`,
-/// keys the same or, with `columns`, `[head][dimension][position]` (then a query's scores over
-/// many positions are sums of whole rows, with no sum across lanes per position).
+/// The self-attention keys and values of one layer of a sequence, head by head,
+/// `[head][position][dimension]`, with room for `cap` positions per head so that a head's
+/// positions are one run of memory.
 #[derive(Clone)]
 struct HeadMajor {
     keys: Vec<f32>,
     values: Vec<f32>,
     cap: usize,
-    columns: bool,
 }
 
 impl HeadMajor {
-    fn new(heads: usize, cap: usize, d: usize, columns: bool) -> HeadMajor {
+    fn new(heads: usize, cap: usize, d: usize) -> HeadMajor {
         HeadMajor {
             keys: vec![0.0; heads * cap * d],
             values: vec![0.0; heads * cap * d],
             cap,
-            columns,
-        }
-    }
-
-    /// Stores position `pos`'s key and value (rows of `heads × d`).
-    fn put(&mut self, pos: usize, key: &[f32], value: &[f32], d: usize) {
-        for (head, (k, v)) in key.chunks_exact(d).zip(value.chunks_exact(d)).enumerate() {
-            let at = (head * self.cap + pos) * d;
-            self.values[at..at + d].copy_from_slice(v);
-            if self.columns {
-                for (c, k) in k.iter().enumerate() {
-                    self.keys[(head * d + c) * self.cap + pos] = *k;
-                }
-            } else {
-                self.keys[at..at + d].copy_from_slice(k);
-            }
-        }
-    }
-
-    /// Head `head`'s keys.
-    fn head_keys(&self, head: usize, d: usize) -> Keys<'_> {
-        let block = &self.keys[head * self.cap * d..(head + 1) * self.cap * d];
-        if self.columns {
-            Keys::Columns(block, self.cap)
-        } else {
-            Keys::Rows(block)
         }
     }
 }
 
-/// One head's keys: a row per position, or a row per dimension of `cap` positions.
+/// The cross-attention keys and values of one decoder layer over the audio positions, in f16
+/// (half the memory a step reads), head by head: values `[head][position][dimension]`, keys
+/// `[head][dimension][position]` (so a query's scores over all positions are sums of whole
+/// rows, with no sum across lanes per position).
+struct Cross {
+    keys: Vec<f16>,
+    values: Vec<f16>,
+    cap: usize,
+}
+
+impl Cross {
+    /// Keys and values from rows of `2 × heads × d` values: a position's key, then its value.
+    fn from_rows(kv: &[f32], heads: usize, d: usize) -> Cross {
+        let n = heads * d;
+        let cap = kv.len() / (2 * n);
+        let mut keys = vec![f16::ZERO; cap * n];
+        let mut values = vec![f16::ZERO; cap * n];
+        for (pos, row) in kv.chunks_exact(2 * n).enumerate() {
+            for head in 0..heads {
+                for c in 0..d {
+                    keys[(head * d + c) * cap + pos] = f16::from_f32(row[head * d + c]);
+                    values[(head * cap + pos) * d + c] = f16::from_f32(row[n + head * d + c]);
+                }
+            }
+        }
+        Cross { keys, values, cap }
+    }
+}
+
+/// One head's keys: a row per position (f32), or a row per dimension of `cap` positions
+/// (f16).
 #[derive(Clone, Copy)]
 enum Keys<'a> {
     Rows(&'a [f32]),
-    Columns(&'a [f32], usize),
+    Columns(&'a [f16], usize),
 }
+
+/// One head's values, a row per position.
+#[derive(Clone, Copy)]
+enum Values<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+/// Positions whose f16 keys are widened at a time.
+const WIDEN: usize = 256;
 
 /// `w[p] = scale × q · key[p]` for the positions of `w`.
 fn scores(q: &[f32], keys: Keys, scale: f32, w: &mut [f32]) {
@@ -146,33 +160,60 @@ fn scores(q: &[f32], keys: Keys, scale: f32, w: &mut [f32]) {
             }
         }
         Keys::Columns(keys, cap) => {
-            w.fill(0.0);
-            let len = w.len();
-            for (c, &qc) in q.iter().enumerate() {
-                let row = &keys[c * cap..c * cap + len];
-                w.iter_mut().zip(row).for_each(|(w, k)| *w += qc * k);
+            let mut wide = [0.0f32; WIDEN];
+            for (b, w) in w.chunks_mut(WIDEN).enumerate() {
+                w.fill(0.0);
+                let (start, wide) = (b * WIDEN, &mut wide[..w.len()]);
+                for (c, &qc) in q.iter().enumerate() {
+                    keys[c * cap + start..c * cap + start + w.len()].convert_to_f32_slice(wide);
+                    w.iter_mut()
+                        .zip(wide.iter())
+                        .for_each(|(w, k)| *w += qc * k);
+                }
+                w.iter_mut().for_each(|w| *w *= scale);
             }
-            w.iter_mut().for_each(|w| *w *= scale);
         }
     }
 }
 
 /// `out = Σ_p w[p] × value[p]` (rows of `out.len()` values).
-fn weighted_sum(w: &[f32], values: &[f32], out: &mut [f32]) {
+fn weighted_sum(w: &[f32], values: Values, out: &mut [f32]) {
     const D: usize = 64;
-    if out.len() == D {
+    let d = out.len();
+    match values {
         // Whisper's heads are all 64 wide: the sum stays in registers.
-        let mut acc = [0.0f32; D];
-        for (w, v) in w.iter().zip(values.chunks_exact(D)) {
-            for c in 0..D {
-                acc[c] += w * v[c];
+        Values::F32(values) if d == D => {
+            let mut acc = [0.0f32; D];
+            for (w, v) in w.iter().zip(values.chunks_exact(D)) {
+                for c in 0..D {
+                    acc[c] += w * v[c];
+                }
+            }
+            out.copy_from_slice(&acc);
+        }
+        Values::F16(values) if d == D => {
+            let (mut acc, mut wide) = ([0.0f32; D], [0.0f32; D]);
+            for (w, v) in w.iter().zip(values.chunks_exact(D)) {
+                v.convert_to_f32_slice(&mut wide);
+                for c in 0..D {
+                    acc[c] += w * wide[c];
+                }
+            }
+            out.copy_from_slice(&acc);
+        }
+        Values::F32(values) => {
+            out.fill(0.0);
+            for (w, v) in w.iter().zip(values.chunks_exact(d)) {
+                out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
             }
         }
-        out.copy_from_slice(&acc);
-    } else {
-        out.fill(0.0);
-        for (w, v) in w.iter().zip(values.chunks_exact(out.len())) {
-            out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+        Values::F16(values) => {
+            out.fill(0.0);
+            let mut wide = vec![0.0f32; d];
+            for (w, v) in w.iter().zip(values.chunks_exact(d)) {
+                v.convert_to_f32_slice(&mut wide);
+                out.iter_mut().zip(&wide).for_each(|(o, v)| *o += w * v);
+            }
         }
     }
 }
@@ -181,7 +222,7 @@ fn weighted_sum(w: &[f32], values: &[f32], out: &mut [f32]) {
 /// encoder's positions.
 pub struct Encoded {
     pub n_ctx: usize,
-    cross: Vec<HeadMajor>,
+    cross: Vec<Cross>,
 }
 
 /// One token sequence being decoded: its self-attention keys and values.
@@ -225,7 +266,7 @@ unsafe fn attend_head(
     head: usize,
     d: usize,
     keys: Keys,
-    values: &[f32],
+    values: Values,
     seen: impl Fn(usize) -> usize,
     scale: f32,
     weights: &mut [f32],
@@ -624,14 +665,10 @@ impl Whisper {
             .map(|layer| {
                 let mut kv = vec![0.0f32; n_ctx * 2 * n];
                 self.linear(&layer.cross_kv, &xn, n, &mut kv, Write::Store);
-                let mut heads =
-                    HeadMajor::new(self.hparams.n_text_head, n_ctx, self.head_dim(), true);
-                for (pos, row) in kv.chunks_exact_mut(2 * n).enumerate() {
-                    let (k, v) = row.split_at_mut(n);
-                    k.iter_mut().for_each(|v| *v *= scale);
-                    heads.put(pos, k, v, self.head_dim());
+                for row in kv.chunks_exact_mut(2 * n) {
+                    row[..n].iter_mut().for_each(|v| *v *= scale);
                 }
-                heads
+                Cross::from_rows(&kv, self.hparams.n_text_head, self.head_dim())
             })
             .collect();
         Ok(Encoded { n_ctx, cross })
@@ -725,7 +762,6 @@ impl Whisper {
                     self.hparams.n_text_head,
                     self.hparams.n_text_ctx,
                     self.hparams.n_text_state / self.hparams.n_text_head,
-                    false,
                 );
                 self.decoder.len()
             ],
@@ -923,7 +959,7 @@ impl<'a> Whisper {
                                 head,
                                 d,
                                 Keys::Rows(k_head),
-                                v_head,
+                                Values::F32(v_head),
                                 |_| r.pos + 1,
                                 1.0,
                                 &mut weights,
@@ -952,8 +988,8 @@ impl<'a> Whisper {
                             n,
                             head,
                             d,
-                            cross.head_keys(head, d),
-                            &cross.values[block],
+                            Keys::Columns(&cross.keys[block.clone()], cross.cap),
+                            Values::F16(&cross.values[block]),
                             |_| encoded.n_ctx,
                             scale,
                             &mut weights,
