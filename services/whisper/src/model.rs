@@ -422,10 +422,30 @@ impl Norm {
     }
 }
 
-/// ggml's GELU (the tanh approximation).
+/// ggml's GELU (the tanh approximation), `x (1 + tanh u) / 2 = x σ(2u)`, on [`exp`].
+#[inline]
 fn gelu(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+    let u2 = 2.0 * SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x);
+    x / (1.0 + exp(-u2))
+}
+
+/// `e^x` to within a few units in the last place, without branches or calls so that loops
+/// over it vectorize (libm's `expf` is a call per value): `e^x = 2^n e^r` with
+/// `n = round(x / ln 2)` and a degree-6 polynomial for `e^r`, `|r| ≤ ln 2 / 2`. Arguments are
+/// clamped to [-87, 88], where the result stays a normal f32.
+#[inline]
+fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// Quantizes `rows` rows of `x` (`cols` values each) for the kernels.
@@ -443,7 +463,7 @@ fn softmax(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in row.iter_mut() {
-        *v = (*v - max).exp();
+        *v = exp(*v - max);
         sum += *v;
     }
     let inv = 1.0 / sum;
@@ -644,10 +664,11 @@ impl Whisper {
         let mut qkv = vec![0.0f32; n_ctx * 3 * n];
         let mut attn = vec![0.0f32; n_ctx * n];
         let mut mlp = vec![0.0f32; n_ctx * 4 * n];
+        let mut scores = vec![vec![0.0f32; n_ctx * n_ctx]; self.threads];
         for layer in &self.encoder {
             layer.attn_ln.apply(&x, &mut xn);
             self.linear(&layer.qkv, &xn, n, &mut qkv, Write::Store);
-            self.audio_attention(&qkv, n_ctx, &mut attn);
+            self.audio_attention(&qkv, n_ctx, &mut scores, &mut attn);
             self.linear(&layer.out, &attn, n, &mut x, Write::Add);
             layer.mlp_ln.apply(&x, &mut xn);
             let hidden = layer.fc1.w.rows();
@@ -680,7 +701,8 @@ impl Whisper {
 
     /// Self-attention over the audio positions: `qkv` holds each position's query, key and
     /// value; each head's output goes to its columns of `out`.
-    fn audio_attention(&self, qkv: &[f32], n_ctx: usize, out: &mut [f32]) {
+    /// `scores` holds one buffer of `n_ctx × n_ctx` per thread, kept from layer to layer.
+    fn audio_attention(&self, qkv: &[f32], n_ctx: usize, scores: &mut [Vec<f32>], out: &mut [f32]) {
         let n = self.hparams.n_audio_state;
         let heads = self.hparams.n_audio_head;
         let d = self.head_dim();
@@ -688,10 +710,10 @@ impl Whisper {
         let out_ptr = SendPtr(out.as_mut_ptr());
         let per = heads.div_ceil(self.threads);
         thread::scope(|s| {
-            for first in (0..heads).step_by(per) {
+            for (first, scores) in (0..heads).step_by(per).zip(scores.iter_mut()) {
                 s.spawn(move || {
                     let out_ptr = out_ptr;
-                    let mut scores = vec![0.0f32; n_ctx * n_ctx];
+                    let scores = &mut scores[..n_ctx * n_ctx];
                     for head in first..(first + per).min(heads) {
                         let q = qkv[head * d..].as_ptr();
                         let k = qkv[n + head * d..].as_ptr();
@@ -1032,5 +1054,33 @@ impl<'a> Whisper {
             .chunks_exact(h.n_vocab)
             .map(<[f32]>::to_vec)
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_a_few_ulps() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (ours, libm) = (exp(x) as f64, (x as f64).exp());
+            worst = worst.max(((ours - libm) / libm).abs());
+            x += 0.001_3;
+        }
+        assert!(worst < 4.0 * f32::EPSILON as f64, "relative error {worst}");
+        assert_eq!(exp(-1000.0), exp(-87.0));
+        assert!(exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn gelu_matches_the_tanh_form() {
+        for i in -2000..2000 {
+            let x = i as f32 * 0.01;
+            let tanh_form = 0.5 * x * (1.0 + (0.797_884_6 * x * (1.0 + 0.044_715 * x * x)).tanh());
+            assert!((gelu(x) - tanh_form).abs() < 1e-5 * (1.0 + x.abs()), "{x}");
+        }
     }
 }
