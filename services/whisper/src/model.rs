@@ -458,15 +458,36 @@ fn quantized(x: &[f32], cols: usize) -> Activations {
     a
 }
 
-/// Softmax of `row` in place.
+/// Softmax of `row` in place, in 16 lanes so that it vectorizes.
 fn softmax(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    const L: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; L];
+    let chunks = row.chunks_exact(L);
+    let mut max = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for i in 0..L {
+            lanes[i] = lanes[i].max(c[i]);
+        }
+    }
+    max = lanes.iter().copied().fold(max, f32::max);
+    let mut sums = [0.0f32; L];
+    let mut chunks = row.chunks_exact_mut(L);
+    for c in &mut chunks {
+        for i in 0..L {
+            c[i] = exp(c[i] - max);
+            sums[i] += c[i];
+        }
+    }
     let mut sum = 0.0;
-    for v in row.iter_mut() {
+    for v in chunks.into_remainder() {
         *v = exp(*v - max);
         sum += *v;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / (sum + sums.iter().sum::<f32>());
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
@@ -1073,6 +1094,20 @@ mod tests {
         assert!(worst < 4.0 * f32::EPSILON as f64, "relative error {worst}");
         assert_eq!(exp(-1000.0), exp(-87.0));
         assert!(exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn softmax_sums_to_one_at_any_length() {
+        for len in [1, 15, 16, 17, 100] {
+            let mut row: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 5.0).collect();
+            let max = (0..len).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            softmax(&mut row);
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{len}");
+            assert_eq!(
+                (0..len).max_by(|&a, &b| row[a].total_cmp(&row[b])),
+                Some(max)
+            );
+        }
     }
 
     #[test]
