@@ -26,7 +26,7 @@ const LN_EPS: f32 = 1e-5;
 /// A weight matrix and its bias.
 struct Linear {
     w: Matrix,
-    /// One bias per output row; zeros where the layer has none.
+    /// One bias per output row (zeros for a part without one); empty for none at all.
     b: Vec<f32>,
 }
 
@@ -354,51 +354,7 @@ impl Linear {
         let b = file.floats(&format!("{prefix}.bias"), outputs)?;
         Ok(Linear { w, b })
     }
-
-    /// `out[t] = W · x[t] + b` (or `+=`) for the first `tokens` rows of `x`, the tiles shared
-    /// between `threads` threads.
-    fn apply(&self, kernel: Kernel, threads: usize, x: Rows, out: &mut [f32], write: Write) {
-        let rows = self.w.rows();
-        let tokens = x.tokens();
-        assert!(out.len() >= tokens * rows);
-        let tiles = self.w.tiles();
-        let per = tiles.div_ceil(threads.max(1)).max(1);
-        let ptr = SendPtr(out.as_mut_ptr());
-        thread::scope(|s| {
-            for start in (0..tiles).step_by(per).skip(1) {
-                let w = &self.w;
-                s.spawn(move || {
-                    let ptr = ptr;
-                    // SAFETY: each thread writes the rows of its own tiles only.
-                    unsafe {
-                        w.multiply_raw(
-                            kernel,
-                            x,
-                            start..(start + per).min(tiles),
-                            ptr.0,
-                            rows,
-                            write,
-                        )
-                    };
-                });
-            }
-            // SAFETY: as above, the first share of tiles.
-            unsafe {
-                self.w
-                    .multiply_raw(kernel, x, 0..per.min(tiles), ptr.0, rows, write)
-            };
-        });
-        for row in out[..tokens * rows].chunks_exact_mut(rows) {
-            row.iter_mut().zip(&self.b).for_each(|(o, b)| *o += b);
-        }
-    }
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the pointer is only used for disjoint writes inside a thread scope.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 impl Norm {
     fn load(file: &WhisperFile, prefix: &str, n: usize) -> Result<Norm> {
@@ -446,6 +402,10 @@ fn exp(x: f32) -> f32 {
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+fn thread_failed(panic: String) -> Error {
+    Error::InvalidInput(format!("a compute thread failed: {panic}"))
 }
 
 /// Quantizes `rows` rows of `x` (`cols` values each) for the kernels.
@@ -613,15 +573,25 @@ impl Whisper {
         }
     }
 
-    fn linear(&self, l: &Linear, x: &[f32], cols: usize, out: &mut [f32], write: Write) {
+    /// `out[t] (=|+=) W · x[t] + b` for the rows `x[t]` of `x` (`cols` values each), then GELU
+    /// if `activate`, the tiles shared between the threads.
+    fn linear(
+        &self,
+        l: &Linear,
+        x: &[f32],
+        cols: usize,
+        out: &mut [f32],
+        write: Write,
+        activate: bool,
+    ) -> Result<()> {
         let a = quantized(x, cols);
-        l.apply(
-            self.kernel,
-            self.threads,
-            a.rows(x.len() / cols),
-            out,
-            write,
-        );
+        let rows = a.rows(x.len() / cols);
+        assert!(out.len() >= rows.tokens() * l.w.rows());
+        let out = Shared::new(out);
+        team::run(self.threads, |t| {
+            self.product_share(&t, l, rows, &out, write, activate)
+        })
+        .map_err(thread_failed)
     }
 
     /// Runs the encoder over `2 × n_ctx` mel frames from frame `offset` (zeros past the
@@ -653,14 +623,8 @@ impl Whisper {
             }
         }
         let mut h1 = vec![0.0f32; frames * n];
-        self.linear(
-            &self.conv1,
-            &unfolded,
-            self.conv1_cols,
-            &mut h1,
-            Write::Store,
-        );
-        h1.iter_mut().for_each(|v| *v = gelu(*v));
+        let cols = self.conv1_cols;
+        self.linear(&self.conv1, &unfolded, cols, &mut h1, Write::Store, true)?;
         // conv2: kernel 3, padding 1, stride 2.
         let mut unfolded = vec![0.0f32; n_ctx * 3 * n];
         for (t, row) in unfolded.chunks_exact_mut(3 * n).enumerate() {
@@ -676,10 +640,8 @@ impl Whisper {
             }
         }
         let mut x = vec![0.0f32; n_ctx * n];
-        self.linear(&self.conv2, &unfolded, 3 * n, &mut x, Write::Store);
-        for (v, p) in x.iter_mut().zip(&self.audio_pos) {
-            *v = gelu(*v) + p;
-        }
+        self.linear(&self.conv2, &unfolded, 3 * n, &mut x, Write::Store, true)?;
+        x.iter_mut().zip(&self.audio_pos).for_each(|(v, p)| *v += p);
 
         let mut xn = vec![0.0f32; n_ctx * n];
         let mut qkv = vec![0.0f32; n_ctx * 3 * n];
@@ -688,15 +650,14 @@ impl Whisper {
         let mut scores = vec![vec![0.0f32; n_ctx * n_ctx]; self.threads];
         for layer in &self.encoder {
             layer.attn_ln.apply(&x, &mut xn);
-            self.linear(&layer.qkv, &xn, n, &mut qkv, Write::Store);
+            self.linear(&layer.qkv, &xn, n, &mut qkv, Write::Store, false)?;
             self.audio_attention(&qkv, n_ctx, &mut scores, &mut attn);
-            self.linear(&layer.out, &attn, n, &mut x, Write::Add);
+            self.linear(&layer.out, &attn, n, &mut x, Write::Add, false)?;
             layer.mlp_ln.apply(&x, &mut xn);
             let hidden = layer.fc1.w.rows();
             let mlp = &mut mlp[..n_ctx * hidden];
-            self.linear(&layer.fc1, &xn, n, mlp, Write::Store);
-            mlp.iter_mut().for_each(|v| *v = gelu(*v));
-            self.linear(&layer.fc2, mlp, hidden, &mut x, Write::Add);
+            self.linear(&layer.fc1, &xn, n, mlp, Write::Store, true)?;
+            self.linear(&layer.fc2, mlp, hidden, &mut x, Write::Add, false)?;
         }
         self.ln_post.apply(&x, &mut xn);
 
@@ -706,13 +667,17 @@ impl Whisper {
             .iter()
             .map(|layer| {
                 let mut kv = vec![0.0f32; n_ctx * 2 * n];
-                self.linear(&layer.cross_kv, &xn, n, &mut kv, Write::Store);
+                self.linear(&layer.cross_kv, &xn, n, &mut kv, Write::Store, false)?;
                 for row in kv.chunks_exact_mut(2 * n) {
                     row[..n].iter_mut().for_each(|v| *v *= scale);
                 }
-                Cross::from_rows(&kv, self.hparams.n_text_head, self.head_dim())
+                Ok(Cross::from_rows(
+                    &kv,
+                    self.hparams.n_text_head,
+                    self.head_dim(),
+                ))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Encoded { n_ctx, cross })
     }
 
@@ -728,12 +693,11 @@ impl Whisper {
         let heads = self.hparams.n_audio_head;
         let d = self.head_dim();
         let scale = 1.0 / (d as f32).sqrt();
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out = Shared::new(out);
         let per = heads.div_ceil(self.threads);
         thread::scope(|s| {
             for (first, scores) in (0..heads).step_by(per).zip(scores.iter_mut()) {
                 s.spawn(move || {
-                    let out_ptr = out_ptr;
                     let scores = &mut scores[..n_ctx * n_ctx];
                     for head in first..(first + per).min(heads) {
                         let q = qkv[head * d..].as_ptr();
@@ -771,7 +735,7 @@ impl Whisper {
                                 n_ctx,
                                 d,
                                 n_ctx,
-                                out_ptr.0.add(head * d),
+                                out.ptr().add(head * d),
                                 1,
                                 n as isize,
                                 false,
@@ -1067,7 +1031,7 @@ impl<'a> Whisper {
                 false,
             );
         })
-        .map_err(|e| Error::InvalidInput(format!("a decoder thread failed: {e}")))?;
+        .map_err(thread_failed)?;
         for (seq, s) in seqs.iter_mut().enumerate() {
             s.len += rows.iter().filter(|r| r.seq == seq).count();
         }
