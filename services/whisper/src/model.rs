@@ -104,6 +104,13 @@ impl HeadMajor {
     }
 }
 
+/// A [`HeadMajor`] as the threads of a decoder pass write it.
+struct SharedCache {
+    keys: Shared<f32>,
+    values: Shared<f32>,
+    cap: usize,
+}
+
 /// The cross-attention keys and values of one decoder layer over the audio positions, in f16
 /// (half the memory a step reads), head by head: values `[head][position][dimension]`, keys
 /// `[head][dimension][position]` (so a query's scores over all positions are sums of whole
@@ -909,13 +916,17 @@ impl<'a> Whisper {
             Shared::new(&mut mlp),
             Shared::new(&mut logits),
         );
-        // caches[seq][layer]: keys, values, positions per head.
-        let caches: Vec<Vec<(Shared<f32>, Shared<f32>, usize)>> = seqs
+        // caches[seq][layer], written head by head by the threads.
+        let caches: Vec<Vec<SharedCache>> = seqs
             .iter_mut()
             .map(|s| {
                 s.cache
                     .iter_mut()
-                    .map(|c| (Shared::new(&mut c.keys), Shared::new(&mut c.values), c.cap))
+                    .map(|c| SharedCache {
+                        keys: Shared::new(&mut c.keys),
+                        values: Shared::new(&mut c.values),
+                        cap: c.cap,
+                    })
                     .collect()
             })
             .collect();
@@ -945,10 +956,10 @@ impl<'a> Whisper {
                 for head in my_heads.clone() {
                     let cols = head * d..(head + 1) * d;
                     for (i, r) in rows.iter().enumerate() {
-                        let (keys, values, cap) = &caches[r.seq][layer];
-                        let block = head * cap * d..(head + 1) * cap * d;
+                        let c = &caches[r.seq][layer];
+                        let block = head * c.cap * d..(head + 1) * c.cap * d;
                         let (k_head, v_head) =
-                            unsafe { (keys.part(block.clone()), values.part(block)) };
+                            unsafe { (c.keys.part(block.clone()), c.values.part(block)) };
                         let row = &qkv[i * 3 * n..(i + 1) * 3 * n];
                         let at = r.pos * d;
                         for c in 0..d {
