@@ -31,4 +31,4 @@ pub mod team;
 pub use activations::{Activations, Rows};
 pub use error::{Error, Result};
 pub use matrix::{Format, Kernel, Matrix};
-pub use model::{Architecture, CHUNK, Config, Model, Session};
+pub use model::{Architecture, CHUNK, Config, Model, Session, dot};

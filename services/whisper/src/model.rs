@@ -12,7 +12,7 @@ use std::thread;
 use candle_core::quantized::GgmlDType;
 use companion_engine::matrix::{BLOCK, Stored, TILE, Write};
 use companion_engine::team::{self, Member, Shared};
-use companion_engine::{Activations, Kernel, Matrix, Rows};
+use companion_engine::{Activations, Kernel, Matrix, Rows, dot};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use tracing::debug;
@@ -36,7 +36,8 @@ struct Norm {
     b: Vec<f32>,
 }
 
-struct EncoderLayer {
+/// What encoder and decoder layers share: self-attention and the MLP, each after a norm.
+struct Block {
     attn_ln: Norm,
     /// Query, key and value stacked: one product gives all three.
     qkv: Linear,
@@ -46,18 +47,31 @@ struct EncoderLayer {
     fc2: Linear,
 }
 
+impl Block {
+    fn load(file: &WhisperFile, p: &str, n: usize) -> Result<Block> {
+        Ok(Block {
+            attn_ln: Norm::load(file, &format!("{p}.attn_ln"), n)?,
+            qkv: Linear::load(
+                file,
+                &format!("{p}.attn"),
+                &[("query", true), ("key", false), ("value", true)],
+            )?,
+            out: Linear::load(file, &format!("{p}.attn"), &[("out", true)])?,
+            mlp_ln: Norm::load(file, &format!("{p}.mlp_ln"), n)?,
+            fc1: Linear::load(file, &format!("{p}.mlp"), &[("0", true)])?,
+            fc2: Linear::load(file, &format!("{p}.mlp"), &[("2", true)])?,
+        })
+    }
+}
+
+/// A decoder layer: its block, with cross-attention between the two halves.
 struct DecoderLayer {
-    attn_ln: Norm,
-    qkv: Linear,
-    out: Linear,
+    own: Block,
     cross_ln: Norm,
     cross_q: Linear,
     /// Key and value of the cross attention, stacked; applied to the encoder's output.
     cross_kv: Linear,
     cross_out: Linear,
-    mlp_ln: Norm,
-    fc1: Linear,
-    fc2: Linear,
 }
 
 /// A Whisper model loaded for the engine's kernels.
@@ -75,7 +89,7 @@ pub struct Whisper {
     conv1_cols: usize,
     conv2: Linear,
     audio_pos: Vec<f32>,
-    encoder: Vec<EncoderLayer>,
+    encoder: Vec<Block>,
     ln_post: Norm,
     /// Looked up row by row for the decoder's input, and the output projection for logits.
     token_embedding: Linear,
@@ -238,25 +252,6 @@ pub struct Decoding<'a> {
     encoded: &'a Encoded,
     cache: Vec<HeadMajor>,
     len: usize,
-}
-
-/// `a · b`, in 16 lanes so that it vectorizes.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Attention of head `head` of each of `rows` queries (rows of `queries`, `n` apart) over the
@@ -470,33 +465,13 @@ impl Whisper {
         }
         let conv1_cols = (3 * h.n_mels).next_multiple_of(BLOCK);
         let encoder = (0..h.n_audio_layer)
-            .map(|i| {
-                let p = format!("encoder.blocks.{i}");
-                Ok(EncoderLayer {
-                    attn_ln: Norm::load(file, &format!("{p}.attn_ln"), sa)?,
-                    qkv: Linear::load(
-                        file,
-                        &format!("{p}.attn"),
-                        &[("query", true), ("key", false), ("value", true)],
-                    )?,
-                    out: Linear::load(file, &format!("{p}.attn"), &[("out", true)])?,
-                    mlp_ln: Norm::load(file, &format!("{p}.mlp_ln"), sa)?,
-                    fc1: Linear::load(file, &format!("{p}.mlp"), &[("0", true)])?,
-                    fc2: Linear::load(file, &format!("{p}.mlp"), &[("2", true)])?,
-                })
-            })
+            .map(|i| Block::load(file, &format!("encoder.blocks.{i}"), sa))
             .collect::<Result<Vec<_>>>()?;
         let decoder = (0..h.n_text_layer)
             .map(|i| {
                 let p = format!("decoder.blocks.{i}");
                 Ok(DecoderLayer {
-                    attn_ln: Norm::load(file, &format!("{p}.attn_ln"), st)?,
-                    qkv: Linear::load(
-                        file,
-                        &format!("{p}.attn"),
-                        &[("query", true), ("key", false), ("value", true)],
-                    )?,
-                    out: Linear::load(file, &format!("{p}.attn"), &[("out", true)])?,
+                    own: Block::load(file, &p, st)?,
                     cross_ln: Norm::load(file, &format!("{p}.cross_attn_ln"), st)?,
                     cross_q: Linear::load(file, &format!("{p}.cross_attn"), &[("query", true)])?,
                     cross_kv: Linear::load(
@@ -505,9 +480,6 @@ impl Whisper {
                         &[("key", false), ("value", true)],
                     )?,
                     cross_out: Linear::load(file, &format!("{p}.cross_attn"), &[("out", true)])?,
-                    mlp_ln: Norm::load(file, &format!("{p}.mlp_ln"), st)?,
-                    fc1: Linear::load(file, &format!("{p}.mlp"), &[("0", true)])?,
-                    fc2: Linear::load(file, &format!("{p}.mlp"), &[("2", true)])?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -902,7 +874,7 @@ impl<'a> Whisper {
             let pos = &self.text_pos[r.pos * n..(r.pos + 1) * n];
             row.iter_mut().zip(pos).for_each(|(v, p)| *v += p);
         }
-        let hidden = self.decoder.first().map_or(n, |l| l.fc1.w.rows());
+        let hidden = self.decoder.first().map_or(n, |l| l.own.fc1.w.rows());
         let mut qkv = vec![0.0f32; count * 3 * n];
         let mut attn = vec![0.0f32; count * n];
         let mut q = vec![0.0f32; count * n];
@@ -945,10 +917,21 @@ impl<'a> Whisper {
                 norm.apply(unsafe { xs.all() }, xn);
                 quantized(xn, n)
             };
-            for (layer, l) in self.decoder.iter().enumerate() {
-                let a = norm_and_quantize(&l.attn_ln, &mut xn);
-                self.product_share(&t, &l.qkv, a.rows(count), &qkvs, Write::Store, false);
+            // A product of the normalized x into `dst`, then a barrier.
+            let project = |norm: &Norm, l: &Linear, dst: &Shared<f32>, activate, xn: &mut [f32]| {
+                let a = norm_and_quantize(norm, xn);
+                self.product_share(&t, l, a.rows(count), dst, Write::Store, activate);
                 t.sync_while(|| {});
+            };
+            // A product of `src` (rows of `cols`) added into x, then a barrier.
+            let add_to_x = |l: &Linear, src: &Shared<f32>, cols: usize| {
+                // SAFETY: nobody writes `src` until the barrier after the next step.
+                let a = quantized(unsafe { src.all() }, cols);
+                self.product_share(&t, l, a.rows(count), &xs, Write::Add, false);
+                t.sync_while(|| {});
+            };
+            for (layer, l) in self.decoder.iter().enumerate() {
+                project(&l.own.attn_ln, &l.own.qkv, &qkvs, false, &mut xn);
                 // SAFETY: qkv is only read until the next barrier; each thread writes the
                 // cache rows and the attention columns of its own heads.
                 let qkv = unsafe { qkvs.all() };
@@ -987,13 +970,8 @@ impl<'a> Whisper {
                     }
                 }
                 t.sync_while(|| {});
-                let a = quantized(unsafe { attns.all() }, n);
-                self.product_share(&t, &l.out, a.rows(count), &xs, Write::Add, false);
-                t.sync_while(|| {});
-
-                let a = norm_and_quantize(&l.cross_ln, &mut xn);
-                self.product_share(&t, &l.cross_q, a.rows(count), &qs, Write::Store, false);
-                t.sync_while(|| {});
+                add_to_x(&l.own.out, &attns, n);
+                project(&l.cross_ln, &l.cross_q, &qs, false, &mut xn);
                 let cross = &encoded.cross[layer];
                 // SAFETY: q is only read until the next barrier.
                 let q = unsafe { qs.all() };
@@ -1016,16 +994,9 @@ impl<'a> Whisper {
                     };
                 }
                 t.sync_while(|| {});
-                let a = quantized(unsafe { attns.all() }, n);
-                self.product_share(&t, &l.cross_out, a.rows(count), &xs, Write::Add, false);
-                t.sync_while(|| {});
-
-                let a = norm_and_quantize(&l.mlp_ln, &mut xn);
-                self.product_share(&t, &l.fc1, a.rows(count), &mlps, Write::Store, true);
-                t.sync_while(|| {});
-                let a = quantized(unsafe { mlps.all() }, hidden);
-                self.product_share(&t, &l.fc2, a.rows(count), &xs, Write::Add, false);
-                t.sync_while(|| {});
+                add_to_x(&l.cross_out, &attns, n);
+                project(&l.own.mlp_ln, &l.own.fc1, &mlps, true, &mut xn);
+                add_to_x(&l.own.fc2, &mlps, hidden);
             }
             let all = unsafe { xs.all() };
             let mut out = vec![0.0f32; last.len() * n];
