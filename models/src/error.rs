@@ -117,6 +117,8 @@ pub enum Error {
     Conversion { path: PathBuf, reason: String },
 
     /// An ASR model given as a path does not exist.
+    #[error("invalid GGML Whisper file: {0}")]
+    GgmlFormat(String),
     #[error("model file {path} does not exist")]
     ModelFileMissing { path: PathBuf },
 }

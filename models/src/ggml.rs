@@ -33,9 +33,9 @@ use crate::ct2::{Ct2DType, Ct2Model, Ct2Variable};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::HashingWriter;
 
-const GGML_MAGIC: i32 = 0x6767_6d6c;
-const GGML_TYPE_F32: i32 = 0;
-const GGML_TYPE_F16: i32 = 1;
+pub(crate) const GGML_MAGIC: i32 = 0x6767_6d6c;
+pub(crate) const GGML_TYPE_F32: i32 = 0;
+pub(crate) const GGML_TYPE_F16: i32 = 1;
 const GGML_TYPE_Q4_0: i32 = 2;
 const GGML_TYPE_Q5_0: i32 = 6;
 const GGML_TYPE_Q5_1: i32 = 7;

@@ -18,6 +18,7 @@ mod cache;
 mod ct2;
 mod error;
 mod ggml;
+mod ggml_read;
 mod gguf;
 mod hash;
 mod manifest;
@@ -31,6 +32,7 @@ pub use ggml::{
     ConvertReport, GgmlWeightType, WhisperHParams, convert_ct2_whisper_to_ggml,
     convert_ct2_whisper_to_ggml_as, gpt2_byte_decoder, mel_filters,
 };
+pub use ggml_read::{WhisperFile, WhisperTensor};
 pub use gguf::{GgufHeader, GgufTensor, RequantizeReport, read_gguf_header, requantize_gguf};
 pub use manifest::{
     ArtifactSpec, Conversion, FileSpec, Manifest, ModelSpec, PackageSpec, PartSpec,

@@ -1,5 +1,6 @@
-//! Whisper on companion's engine: the GGML Whisper files `companion models fetch` writes,
-//! read into the engine's int8 tiles ([`file`], [`model`]), the log-mel spectrogram ([`mel`]),
+//! Whisper on companion's engine: the GGML Whisper files `companion models fetch` writes
+//! ([`WhisperFile`], read by companion-models beside its writer), repacked into the engine's
+//! int8 tiles ([`model`]), the log-mel spectrogram ([`mel`]),
 //! the encoder and a decoder with its key/value cache.
 //!
 //! whisper.cpp's decoder steps are bound by its own per-step overhead (some 9 ms a step for
@@ -8,11 +9,10 @@
 //! of our own; its logits agree with whisper.cpp's on the same file (`tests/forward.rs`).
 
 mod error;
-pub mod file;
 pub mod mel;
 pub mod model;
 
+pub use companion_models::WhisperFile;
 pub use error::{Error, Result};
-pub use file::{HParams, WhisperFile};
 pub use mel::{Mel, log_mel};
-pub use model::{Decoding, Encoded, Whisper};
+pub use model::{Decoding, Encoded, HParams, Whisper};

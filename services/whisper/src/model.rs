@@ -7,8 +7,6 @@
 //! The arithmetic follows whisper.cpp's graphs, so the logits agree with whisper.cpp's on the
 //! same file to rounding (`tests/forward.rs`).
 
-use std::thread;
-
 use candle_core::quantized::GgmlDType;
 use companion_engine::matrix::{BLOCK, Stored, TILE, Write};
 use companion_engine::team::{self, Member, Shared};
@@ -18,10 +16,57 @@ use half::slice::HalfFloatSliceExt;
 use tracing::debug;
 
 use crate::error::{Error, Result};
-use crate::file::{HParams, WhisperFile};
 use crate::mel::Mel;
+use companion_models::{WhisperFile, WhisperHParams};
 
 const LN_EPS: f32 = 1e-5;
+
+/// Whisper's dimensions, as counts (the file's header, [`WhisperHParams`], stores them as i32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HParams {
+    pub n_vocab: usize,
+    pub n_audio_ctx: usize,
+    pub n_audio_state: usize,
+    pub n_audio_head: usize,
+    pub n_audio_layer: usize,
+    pub n_text_ctx: usize,
+    pub n_text_state: usize,
+    pub n_text_head: usize,
+    pub n_text_layer: usize,
+    pub n_mels: usize,
+}
+
+impl From<WhisperHParams> for HParams {
+    /// The file's reader refuses negative values.
+    fn from(h: WhisperHParams) -> HParams {
+        let n = |v: i32| v.max(0) as usize;
+        HParams {
+            n_vocab: n(h.n_vocab),
+            n_audio_ctx: n(h.n_audio_ctx),
+            n_audio_state: n(h.n_audio_state),
+            n_audio_head: n(h.n_audio_head),
+            n_audio_layer: n(h.n_audio_layer),
+            n_text_ctx: n(h.n_text_ctx),
+            n_text_state: n(h.n_text_state),
+            n_text_head: n(h.n_text_head),
+            n_text_layer: n(h.n_text_layer),
+            n_mels: n(h.n_mels),
+        }
+    }
+}
+
+/// candle's name for ggml type `code`, as the engine's packer takes it.
+fn dtype(name: &str, code: i32) -> Result<GgmlDType> {
+    Ok(match code {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        2 => GgmlDType::Q4_0,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        other => return Err(Error::Format(format!("{name}: tensor type {other}"))),
+    })
+}
 
 /// A weight matrix and its bias.
 struct Linear {
@@ -295,7 +340,7 @@ fn stored<'a>(file: &'a WhisperFile, name: &'a str) -> Result<Stored<'a>> {
     }
     Ok(Stored {
         name,
-        dtype: t.dtype,
+        dtype: dtype(name, t.ggml_type)?,
         rows: t.dims[1],
         cols: t.dims[0],
         bytes,
@@ -456,7 +501,7 @@ fn softmax(row: &mut [f32]) {
 impl Whisper {
     /// Loads `file` for `threads` threads.
     pub fn load(file: &WhisperFile, threads: usize) -> Result<Whisper> {
-        let h = file.hparams;
+        let h = HParams::from(file.hparams);
         let (sa, st) = (h.n_audio_state, h.n_text_state);
         if sa != st {
             return Err(Error::Format(format!(
@@ -630,7 +675,7 @@ impl Whisper {
         for layer in &self.encoder {
             layer.attn_ln.apply(&x, &mut xn);
             self.linear(&layer.qkv, &xn, n, &mut qkv, Write::Store, false)?;
-            self.audio_attention(&qkv, n_ctx, &mut scores, &mut attn);
+            self.audio_attention(&qkv, n_ctx, &mut scores, &mut attn)?;
             self.linear(&layer.out, &attn, n, &mut x, Write::Add, false)?;
             layer.mlp_ln.apply(&x, &mut xn);
             let hidden = layer.fc1.w.rows();
@@ -665,77 +710,81 @@ impl Whisper {
     }
 
     /// Self-attention over the audio positions: `qkv` holds each position's query, key and
-    /// value; each head's output goes to its columns of `out`.
-    /// `scores` holds one buffer of `n_ctx × n_ctx` per thread, kept from layer to layer.
-    fn audio_attention(&self, qkv: &[f32], n_ctx: usize, scores: &mut [Vec<f32>], out: &mut [f32]) {
+    /// value; each head's output goes to its columns of `out`, the heads dealt between the
+    /// threads. `scores` holds a buffer of `n_ctx × n_ctx` per thread, kept from layer to layer.
+    fn audio_attention(
+        &self,
+        qkv: &[f32],
+        n_ctx: usize,
+        scores: &mut [Vec<f32>],
+        out: &mut [f32],
+    ) -> Result<()> {
         let n = self.hparams.n_audio_state;
         let heads = self.hparams.n_audio_head;
         let d = self.head_dim();
         let scale = 1.0 / (d as f32).sqrt();
         let out = Shared::new(out);
-        let per = heads.div_ceil(self.threads);
-        thread::scope(|s| {
-            for (first, scores) in (0..heads).step_by(per).zip(scores.iter_mut()) {
-                s.spawn(move || {
-                    let scores = &mut scores[..n_ctx * n_ctx];
-                    for head in first..(first + per).min(heads) {
-                        let q = qkv[head * d..].as_ptr();
-                        let k = qkv[n + head * d..].as_ptr();
-                        let v = qkv[2 * n + head * d..].as_ptr();
-                        let row = (3 * n) as isize;
-                        // SAFETY: every index stays inside `qkv`, `scores` and this head's
-                        // columns of `out`, which no other thread writes.
-                        unsafe {
-                            gemm::gemm(
-                                n_ctx,
-                                n_ctx,
-                                d,
-                                scores.as_mut_ptr(),
-                                1,
-                                n_ctx as isize,
-                                false,
-                                q,
-                                1,
-                                row,
-                                k,
-                                row,
-                                1,
-                                0.0,
-                                scale,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
-                        }
-                        scores.chunks_exact_mut(n_ctx).for_each(softmax);
-                        unsafe {
-                            gemm::gemm(
-                                n_ctx,
-                                d,
-                                n_ctx,
-                                out.ptr().add(head * d),
-                                1,
-                                n as isize,
-                                false,
-                                scores.as_ptr(),
-                                1,
-                                n_ctx as isize,
-                                v,
-                                1,
-                                row,
-                                0.0,
-                                1.0,
-                                false,
-                                false,
-                                false,
-                                gemm::Parallelism::None,
-                            );
-                        }
-                    }
-                });
+        let scores: Vec<Shared<f32>> = scores.iter_mut().map(|s| Shared::new(s)).collect();
+        team::run(self.threads, |t| {
+            // SAFETY: each thread has its own buffer.
+            let scores = unsafe { scores[t.id].part(0..n_ctx * n_ctx) };
+            for head in t.deal(heads) {
+                let q = qkv[head * d..].as_ptr();
+                let k = qkv[n + head * d..].as_ptr();
+                let v = qkv[2 * n + head * d..].as_ptr();
+                let row = (3 * n) as isize;
+                // SAFETY: every index stays inside `qkv`, `scores` and this head's
+                // columns of `out`, which no other thread writes.
+                unsafe {
+                    gemm::gemm(
+                        n_ctx,
+                        n_ctx,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        n_ctx as isize,
+                        false,
+                        q,
+                        1,
+                        row,
+                        k,
+                        row,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                scores.chunks_exact_mut(n_ctx).for_each(softmax);
+                unsafe {
+                    gemm::gemm(
+                        n_ctx,
+                        d,
+                        n_ctx,
+                        out.ptr().add(head * d),
+                        1,
+                        n as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        n_ctx as isize,
+                        v,
+                        1,
+                        row,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
             }
-        });
+        })
+        .map_err(thread_failed)
     }
 
     /// A new token sequence attending to `encoded`.

@@ -1,43 +1,26 @@
-//! Reads the GGML Whisper files `companion models fetch` writes (the layout is documented in
-//! `companion_models::ggml`): the header's dimensions, the mel filters, the vocabulary and the
-//! tensors, kept as stored.
+//! Reads the GGML Whisper files [`crate::ggml`] writes (the layout is documented there): the
+//! header's dimensions, the mel filters, the vocabulary and the tensors, kept as stored.
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
-use candle_core::quantized::GgmlDType;
-
 use crate::error::{Error, Result};
-
-const MAGIC: u32 = 0x6767_6d6c;
-
-/// Whisper's dimensions, as the file's header gives them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HParams {
-    pub n_vocab: usize,
-    pub n_audio_ctx: usize,
-    pub n_audio_state: usize,
-    pub n_audio_head: usize,
-    pub n_audio_layer: usize,
-    pub n_text_ctx: usize,
-    pub n_text_state: usize,
-    pub n_text_head: usize,
-    pub n_text_layer: usize,
-    pub n_mels: usize,
-    pub ftype: i32,
-}
+use crate::ggml::{
+    GGML_MAGIC, GGML_TYPE_F16, GGML_TYPE_F32, GgmlWeightType, WhisperHParams, f16_to_f32,
+};
 
 /// One tensor: its type, its dimensions (innermost first, as ggml counts them) and where its
 /// bytes are.
 #[derive(Debug, Clone)]
-pub struct Tensor {
-    pub dtype: GgmlDType,
+pub struct WhisperTensor {
+    /// ggml's type code (0 f32, 1 f16, 2 q4_0, 6 q5_0, 7 q5_1, 8 q8_0).
+    pub ggml_type: i32,
     pub dims: Vec<usize>,
     bytes: Range<usize>,
 }
 
-impl Tensor {
+impl WhisperTensor {
     /// Values in the tensor.
     pub fn len(&self) -> usize {
         self.dims.iter().product()
@@ -51,14 +34,14 @@ impl Tensor {
 
 /// A whole Whisper file in memory.
 pub struct WhisperFile {
-    pub hparams: HParams,
+    pub hparams: WhisperHParams,
     /// `n_mels` rows of `n_fft` weights, one row per mel band.
     pub filters: Vec<f32>,
     /// Frequency bins per filter row (201 for the 400-point FFT).
     pub n_fft: usize,
     /// The regular tokens' bytes, by id.
     pub vocab: Vec<Vec<u8>>,
-    tensors: HashMap<String, Tensor>,
+    tensors: HashMap<String, WhisperTensor>,
     data: Vec<u8>,
 }
 
@@ -74,7 +57,7 @@ impl<'a> Cursor<'a> {
             .at
             .checked_add(n)
             .filter(|&end| end <= self.bytes.len())
-            .ok_or_else(|| Error::Format(format!("the file ends inside {what}")))?;
+            .ok_or_else(|| Error::GgmlFormat(format!("the file ends inside {what}")))?;
         let slice = &self.bytes[self.at..end];
         self.at = end;
         Ok(slice)
@@ -91,30 +74,29 @@ impl<'a> Cursor<'a> {
         usize::try_from(v)
             .ok()
             .filter(|&v| v <= max)
-            .ok_or_else(|| Error::Format(format!("{what} is {v}")))
+            .ok_or_else(|| Error::GgmlFormat(format!("{what} is {v}")))
     }
 }
 
-fn dtype(code: i32) -> Result<GgmlDType> {
-    Ok(match code {
-        0 => GgmlDType::F32,
-        1 => GgmlDType::F16,
-        2 => GgmlDType::Q4_0,
-        6 => GgmlDType::Q5_0,
-        7 => GgmlDType::Q5_1,
-        8 => GgmlDType::Q8_0,
-        other => {
-            return Err(Error::Format(format!(
-                "tensor type {other} is not supported"
-            )));
-        }
-    })
+/// Bytes of `n` values of ggml type `code`.
+fn encoded_len(code: i32, n: usize) -> Option<usize> {
+    if code == GGML_TYPE_F32 {
+        return n.checked_mul(4);
+    }
+    GgmlWeightType::ALL
+        .into_iter()
+        .find(|t| t.ggml_type() == code)
+        .and_then(|t| t.encoded_len(n))
 }
 
 impl WhisperFile {
     /// Reads the file at `path`.
     pub fn open(path: &Path) -> Result<WhisperFile> {
-        let data = std::fs::read(path).map_err(|e| Error::Io(path.display().to_string(), e))?;
+        let data = std::fs::read(path).map_err(|source| Error::Io {
+            action: "reading",
+            path: path.to_owned(),
+            source,
+        })?;
         WhisperFile::parse(data)
     }
 
@@ -124,15 +106,15 @@ impl WhisperFile {
             bytes: &data,
             at: 0,
         };
-        if c.i32("the magic number")? as u32 != MAGIC {
-            return Err(Error::Format("not a GGML Whisper file".into()));
+        if c.i32("the magic number")? != GGML_MAGIC {
+            return Err(Error::GgmlFormat("not a GGML Whisper file".into()));
         }
-        let mut h = [0usize; 10];
+        let mut h = [0i32; 10];
         for (i, v) in h.iter_mut().enumerate() {
-            *v = c.count(1 << 20, &format!("header value {i}"))?;
+            *v = c.count(1 << 20, &format!("header value {i}"))? as i32;
         }
         let ftype = c.i32("the header's ftype")?;
-        let hparams = HParams {
+        let hparams = WhisperHParams {
             n_vocab: h[0],
             n_audio_ctx: h[1],
             n_audio_state: h[2],
@@ -147,10 +129,10 @@ impl WhisperFile {
         };
         if hparams.n_audio_head == 0
             || hparams.n_text_head == 0
-            || !hparams.n_audio_state.is_multiple_of(hparams.n_audio_head)
-            || !hparams.n_text_state.is_multiple_of(hparams.n_text_head)
+            || hparams.n_audio_state % hparams.n_audio_head != 0
+            || hparams.n_text_state % hparams.n_text_head != 0
         {
-            return Err(Error::Format(format!(
+            return Err(Error::GgmlFormat(format!(
                 "inconsistent dimensions: {hparams:?}"
             )));
         }
@@ -171,25 +153,22 @@ impl WhisperFile {
         while c.at < data.len() {
             let n_dims = c.count(4, "a tensor's dimension count")?;
             let name_len = c.count(1 << 10, "a tensor's name length")?;
-            let dtype = dtype(c.i32("a tensor's type")?)?;
+            let ggml_type = c.i32("a tensor's type")?;
             let mut dims = Vec::with_capacity(n_dims);
             for _ in 0..n_dims {
                 dims.push(c.count(1 << 24, "a tensor dimension")?);
             }
             let name = String::from_utf8_lossy(c.take(name_len, "a tensor name")?).into_owned();
             let n: usize = dims.iter().product();
-            if !n.is_multiple_of(dtype.block_size()) {
-                return Err(Error::Format(format!(
-                    "{name}: {n} values do not fill whole blocks"
-                )));
-            }
-            let size = n / dtype.block_size() * dtype.type_size();
+            let size = encoded_len(ggml_type, n).ok_or_else(|| {
+                Error::GgmlFormat(format!("{name}: {n} values of type {ggml_type}"))
+            })?;
             let start = c.at;
             c.take(size, &name)?;
             tensors.insert(
                 name,
-                Tensor {
-                    dtype,
+                WhisperTensor {
+                    ggml_type,
                     dims,
                     bytes: start..start + size,
                 },
@@ -206,11 +185,11 @@ impl WhisperFile {
     }
 
     /// The tensor `name` and its bytes.
-    pub fn tensor(&self, name: &str) -> Result<(&Tensor, &[u8])> {
+    pub fn tensor(&self, name: &str) -> Result<(&WhisperTensor, &[u8])> {
         let t = self
             .tensors
             .get(name)
-            .ok_or_else(|| Error::Format(format!("the file has no tensor {name}")))?;
+            .ok_or_else(|| Error::GgmlFormat(format!("the file has no tensor {name}")))?;
         Ok((t, &self.data[t.bytes.clone()]))
     }
 
@@ -218,21 +197,21 @@ impl WhisperFile {
     pub fn floats(&self, name: &str, expected: usize) -> Result<Vec<f32>> {
         let (t, bytes) = self.tensor(name)?;
         if t.len() != expected {
-            return Err(Error::Format(format!(
+            return Err(Error::GgmlFormat(format!(
                 "{name} holds {} values, not {expected}",
                 t.len()
             )));
         }
-        match t.dtype {
-            GgmlDType::F32 => Ok(bytes
+        match t.ggml_type {
+            GGML_TYPE_F32 => Ok(bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect()),
-            GgmlDType::F16 => Ok(bytes
+            GGML_TYPE_F16 => Ok(bytes
                 .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
                 .collect()),
-            other => Err(Error::Format(format!(
+            other => Err(Error::GgmlFormat(format!(
                 "{name} is {other:?}, not f32 or f16"
             ))),
         }
